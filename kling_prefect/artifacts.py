@@ -1,0 +1,121 @@
+"""The record every flow leaves in Prefect: a markdown summary, a table of clips, links and thumbnails.
+
+All calls are the async ``a*`` twins: in async code the sync names return coroutines, and an un-awaited
+call silently creates nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from prefect.artifacts import (
+    acreate_image_artifact,
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_table_artifact,
+)
+
+from kling_prefect.storage import StoredObject, artifact_key
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One row of a run's record: what was asked, what it cost, where the result went (or why it failed)."""
+
+    step: str
+    prompt: str
+    model: str
+    status: str
+    job_id: str | None = None
+    video_seconds: int = 0
+    estimated_cost: Decimal | None = None
+    amount: Decimal | None = None
+    uri: str | None = None
+    url: str | None = None
+    thumbnail_url: str | None = None
+    error: str | None = None
+
+
+def _money(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"${value:.3f}"
+
+
+def _cell(text: str | None, limit: int = 80) -> str:
+    text = (text or "").replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def totals(records: list[ClipRecord]) -> dict[str, Decimal | int]:
+    """Seconds of video, estimated and vendor-reported cost over the records that created a job."""
+    created = [r for r in records if r.job_id]
+    return {
+        "jobs": len(created),
+        "succeeded": sum(1 for r in records if r.status == "stored"),
+        "video_seconds": sum(r.video_seconds for r in created),
+        "estimated_cost": sum((r.estimated_cost or Decimal(0) for r in created), Decimal(0)),
+        "vendor_amount": sum((r.amount or Decimal(0) for r in created), Decimal(0)),
+    }
+
+
+async def publish_run_artifacts(
+    *, title: str, run_key: str, records: list[ClipRecord], final: StoredObject | None = None, storage: str = ""
+) -> str:
+    """Create the summary (markdown), clips (table), links and thumbnail images for one run.
+
+    Returns the summary's artifact key (``<run-key>-summary``).
+    """
+    base = artifact_key("kling", run_key)
+    sums = totals(records)
+    lines = [
+        f"# {title}",
+        "",
+        f"- run key: `{run_key}`",
+        f"- storage: {storage or 'n/a'}",
+        f"- jobs: {sums['jobs']} created, {sums['succeeded']} stored, {len(records) - sums['succeeded']} not stored",
+        f"- video: {sums['video_seconds']} s",
+        f"- cost: estimated {_money(sums['estimated_cost'])}, vendor-reported {_money(sums['vendor_amount'])}",  # type: ignore[arg-type]
+    ]
+    if final is not None:
+        lines.append(f"- final video: [{final.uri}]({final.url or final.uri})")
+    lines += [
+        "",
+        "| step | model | prompt | job id | status | seconds | estimated | vendor amount | output | thumbnail |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        output = f"[{_cell(r.uri, 60)}]({r.url or r.uri})" if r.uri else _cell(r.error)
+        thumb = f"![{r.step}]({r.thumbnail_url})" if r.thumbnail_url else ""
+        lines.append(
+            f"| {r.step} | {r.model} | {_cell(r.prompt, 60)} | {r.job_id or '—'} | {r.status} | {r.video_seconds} "
+            f"| {_money(r.estimated_cost)} | {_money(r.amount)} | {output} | {thumb} |"
+        )
+    summary_key = f"{base}-summary"
+    await acreate_markdown_artifact("\n".join(lines), key=summary_key, description=f"{title} ({run_key})")
+    await acreate_table_artifact(
+        [
+            {
+                "step": r.step,
+                "model": r.model,
+                "prompt": r.prompt,
+                "job_id": r.job_id or "",
+                "status": r.status,
+                "video_seconds": r.video_seconds,
+                "estimated_cost_usd": str(r.estimated_cost) if r.estimated_cost is not None else "",
+                "vendor_amount_usd": str(r.amount) if r.amount is not None else "",
+                "uri": r.uri or "",
+                "error": r.error or "",
+            }
+            for r in records
+        ],
+        key=f"{base}-clips",
+        description=f"Clips of {run_key}",
+    )
+    for r in records:
+        if r.url:
+            await acreate_link_artifact(r.url, link_text=f"{r.step}: {r.uri}", key=artifact_key(base, r.step, "video"))
+        if r.thumbnail_url:
+            await acreate_image_artifact(r.thumbnail_url, key=artifact_key(base, r.step, "thumbnail"))
+    if final is not None and final.url:
+        await acreate_link_artifact(final.url, link_text=f"final: {final.uri}", key=f"{base}-final")
+    return summary_key

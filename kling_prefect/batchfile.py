@@ -1,0 +1,159 @@
+"""Batch inputs: a list of prompts or objects, a JSONL file, or a CSV with a ``prompt`` column.
+
+Every item is validated before anything is created; all problems are reported together, each with its line
+and field, in one :class:`BatchInputError`.
+
+Examples:
+    ```text
+    # prompts.jsonl
+    {"prompt": "A fox in the snow", "duration": 10}
+    {"prompt": "A city at night", "model": "kling-2.6", "generate_audio": true}
+    ```
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from kling_prefect.models import KlingRequest, request_model_for
+
+MAX_ITEMS = 10_000
+
+
+class BatchInputError(ValueError):
+    """One or more batch items are invalid; ``problems`` lists them (``line N: field: why``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} invalid batch item(s); nothing was created:\n  {shown}{more}")
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    step: str
+    request: KlingRequest
+    source: str
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """``field: message (got value)`` for each pydantic error, joined by ``; ``."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "request"
+        value = item.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        parts.append(f"{where}: {item['msg']} (got {shown})")
+    return "; ".join(parts)
+
+
+def _bool_fields(model: type[KlingRequest]) -> set[str]:
+    return {name for name, info in model.model_fields.items() if bool in (info.annotation, *get_args(info.annotation))}
+
+
+def _from_csv_row(row: dict[str, str], model: type[KlingRequest]) -> dict[str, Any]:
+    # CSV cells are text: drop empty ones, read JSON for lists, true/false for booleans.
+    fields: dict[str, Any] = {}
+    bools = _bool_fields(model)
+    for name, cell in row.items():
+        if name is None or cell is None or cell.strip() == "":
+            continue
+        cell = cell.strip() if name != "prompt" else cell
+        if name in bools and cell.lower() in ("true", "false"):
+            fields[name] = cell.lower() == "true"
+        elif cell.startswith(("[", "{")):
+            fields[name] = json.loads(cell)
+        else:
+            fields[name] = cell
+    return fields
+
+
+def _read_file(path: Path) -> Iterable[tuple[str, Any]]:
+    """(where, raw item) pairs; a raw item is a dict or an exception describing why the line is bad."""
+    if not path.is_file():
+        raise BatchInputError([f"{path}: no such file"])
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise BatchInputError([f"{path}: a CSV needs a header row with a 'prompt' column"])
+            for row in reader:
+                where = f"line {reader.line_num}"
+                if None in row:
+                    yield where, ValueError(f"{len(row[None])} more cell(s) than header columns")  # type: ignore[index]
+                    continue
+                yield where, row
+        return
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield f"line {number}", ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def load_batch_items(
+    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+) -> list[BatchItem]:
+    """Validated items from ``prompts`` or ``file`` (exactly one of them); raises :class:`BatchInputError`."""
+    if (prompts is None) == (file is None):
+        raise BatchInputError(["give either prompts or file (exactly one)"])
+    try:
+        default = request_model_for(default_model)
+    except KeyError as exc:
+        raise BatchInputError([f"model: {exc.args[0]}"]) from None
+    is_csv = file is not None and Path(file).suffix.lower() == ".csv"
+    raw: Iterable[tuple[str, Any]] = (
+        _read_file(Path(file)) if file is not None else ((f"item {i}", p) for i, p in enumerate(prompts or (), 1))
+    )
+    items: list[BatchItem] = []
+    problems: list[str] = []
+    for where, value in raw:
+        if len(items) + len(problems) >= MAX_ITEMS:
+            problems.append(f"more than {MAX_ITEMS} items; split the batch")
+            break
+        if isinstance(value, Exception):
+            problems.append(f"{where}: {value}")
+            continue
+        if isinstance(value, str):
+            value = {"prompt": value}
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object with a 'prompt', got {type(value).__name__}")
+            continue
+        fields = dict(value)
+        model_name = fields.pop("model", None)
+        try:
+            model = request_model_for(str(model_name)) if model_name else default
+        except KeyError as exc:
+            problems.append(f"{where}: model: {exc.args[0]}")
+            continue
+        try:
+            if is_csv:
+                fields = _from_csv_row(fields, model)
+            if "prompt" not in fields and "multi_prompt" not in fields:
+                problems.append(f"{where}: prompt: missing")
+                continue
+            request = model.model_validate(fields)
+        except ValidationError as exc:
+            problems.append(f"{where}: {describe_validation_error(exc)}")
+            continue
+        except json.JSONDecodeError as exc:
+            problems.append(f"{where}: a cell is not valid JSON: {exc.msg}")
+            continue
+        items.append(BatchItem(step=f"item-{len(items) + len(problems) + 1:04d}", request=request, source=where))
+    if problems:
+        raise BatchInputError(problems)
+    if not items:
+        raise BatchInputError(["the batch is empty"])
+    return items

@@ -1,0 +1,732 @@
+"""The ShortAPI job client: create a job, query it, wait for it, download its result.
+
+:class:`ShortAPIClient` is async; :class:`SyncShortAPIClient` is its blocking twin with the same methods.
+Every HTTP response goes through one function, :func:`interpret_response`, which turns it into the ``data``
+object or a typed error from :mod:`kling_prefect.exceptions`.
+
+Money safety: ``create_job`` is **never** retried. A failure after the request was sent raises
+:class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`. Queries and downloads are retried on 429, 5xx,
+malformed bodies, resets and timeouts, with capped exponential backoff, full jitter and ``Retry-After``.
+
+Examples:
+    ```python
+        from kling_prefect import KlingO3TextToVideo, ShortAPIClient
+
+    async def main():
+        async with ShortAPIClient() as client:  # SHORTAPI_KEY / SHORTAPI_BASE_URL from the environment
+            created = await client.create_job(KlingO3TextToVideo(prompt="A red kite over dunes"))
+            job = await client.wait_for_job(created.job_id, timeout=1800)
+            await client.download(job.video_url, "kite.mp4", job_id=job.job_id)
+
+    asyncio.run(main())
+    ```
+"""
+
+from __future__ import annotations
+
+import email.utils
+import inspect
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.from_thread
+import httpx
+from pydantic import SecretStr
+
+from kling_prefect.credentials import DEFAULT_BASE_URL, ENV_BASE_URL, ENV_KEY, redact
+from kling_prefect.exceptions import (
+    AuthenticationFailed,
+    DownloadFailed,
+    JobFailed,
+    JobMayHaveBeenCreated,
+    JobNotFound,
+    JobTimedOut,
+    RateLimited,
+    RequestRejected,
+    ResultExpired,
+    ShortAPIError,
+    TransientError,
+    UnknownJobStatus,
+    VendorUnavailable,
+)
+from kling_prefect.models import KlingRequest
+from kling_prefect.pricing import estimate_cost
+
+logger = logging.getLogger("kling_prefect.client")
+
+CREATE_PATH = "/api/v1/job/create"
+QUERY_PATH = "/api/v1/job/query"
+RAW_LIMIT = 4000  # characters of a non-JSON body kept on an error
+DEFAULT_MAX_DOWNLOAD_BYTES = 8 * 1024**3
+CHUNK = 1024 * 1024
+
+JobState = Literal["queued", "processing", "succeeded", "failed", "unknown"]
+_STATES: dict[int, JobState] = {0: "queued", 1: "processing", 2: "succeeded", 3: "failed"}
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    """A job the vendor accepted: its id, what the vendor says it charged, and our estimate."""
+
+    job_id: str
+    model: str
+    amount: Decimal | None
+    estimated_cost: Decimal
+    video_seconds: int
+    created_at: float
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One answer of ``job/query``.
+
+    ``status`` is the vendor's raw value; ``state`` is what it means (``unknown`` for values the documents
+    do not define, which are terminal). ``video_urls`` is filled when the job succeeded.
+    """
+
+    job_id: str
+    status: Any
+    state: JobState
+    video_urls: tuple[str, ...] = ()
+    error: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in ("succeeded", "failed", "unknown")
+
+    @property
+    def video_url(self) -> str:
+        """The first result URL (raises :class:`UnknownJobStatus` when the job has none)."""
+        if not self.video_urls:
+            raise UnknownJobStatus(
+                f"job is {self.state} and has no result URL",
+                job_id=self.job_id,
+                status=self.status,
+                raw=self.raw,
+            )
+        return self.video_urls[0]
+
+
+# --------------------------------------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter, for idempotent calls.
+
+    Attempt ``n`` (from 0) waits a uniform random time in ``[0, min(max_delay, base_delay * 2**n)]``, but at
+    least the server's ``Retry-After`` (itself capped by ``max_retry_after``).
+    """
+
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    max_retry_after: float = 300.0
+
+    def delay(self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None) -> float:
+        cap = min(self.max_delay, self.base_delay * (2**attempt))
+        backoff = (rng or random).uniform(0, cap)
+        if retry_after is not None:
+            return max(backoff, min(retry_after, self.max_retry_after))
+        return backoff
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """When to query a running job.
+
+    With an ``expected`` duration (seconds from creation), nothing is queried until ``first_check`` of it has
+    passed (the job cannot be done yet); then intervals shrink as the expected end nears, down to
+    ``min_interval``; past it they grow again slowly, up to ``max_interval``. Each interval gets +/-
+    ``jitter`` so many concurrent waits do not query in lockstep.
+    """
+
+    min_interval: float = 2.0
+    max_interval: float = 30.0
+    first_check: float = 0.8
+    growth: float = 1.5
+    jitter: float = 0.2
+
+    def next_interval(
+        self, elapsed: float, expected: float | None, previous: float | None, rng: random.Random | None = None
+    ) -> float:
+        if expected is not None and expected > 0:
+            if elapsed < expected * self.first_check:
+                base = expected * self.first_check - elapsed
+            elif elapsed < expected:
+                base = (expected - elapsed) / 2
+            else:
+                base = self.min_interval + 0.1 * (elapsed - expected)
+        else:
+            base = self.min_interval if previous is None else previous * self.growth
+        base = min(max(base, self.min_interval), self.max_interval)
+        spread = base * self.jitter
+        return max(0.0, base + (rng or random).uniform(-spread, spread))
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _vendor_message(payload: Mapping[str, Any]) -> str:
+    for key in ("message", "info", "msg", "error", "detail"):
+        value = payload.get(key)
+        if value:
+            return str(value)
+    return "no message"
+
+
+def _classify_code(code: Any, http_status: int, message: str) -> type[ShortAPIError]:
+    """The error class for a non-zero envelope ``code`` (vendor codes are undocumented: use every hint)."""
+    try:
+        number = int(code)
+    except (TypeError, ValueError):
+        number = 0
+    hints = {http_status, number}
+    lowered = message.lower()
+    if hints & {401, 403} or any(w in lowered for w in ("api key", "apikey", "unauthori", "token", "auth")):
+        return AuthenticationFailed
+    if 429 in hints or "too many" in lowered or "rate limit" in lowered:
+        return RateLimited
+    if 404 in hints or "not found" in lowered:
+        return JobNotFound
+    if http_status >= 500 or 500 <= number <= 599:
+        return VendorUnavailable
+    return RequestRejected
+
+
+def interpret_response(
+    response: httpx.Response,
+    *,
+    operation: str,
+    job_id: str | None = None,
+    secret: SecretStr | None = None,
+) -> dict[str, Any]:
+    """The one place a ShortAPI response becomes its ``data`` object or a typed error.
+
+    A non-zero ``code`` is an error whatever the HTTP status; an HTML or malformed body is
+    :class:`VendorUnavailable` (5xx/2xx) or :class:`RequestRejected` (4xx); 429 is :class:`RateLimited`
+    with its ``Retry-After``; 401/403 is :class:`AuthenticationFailed`.
+    """
+    status = response.status_code
+    text = redact(response.text, secret)
+    try:
+        payload: Any = json.loads(text) if text else None
+    except ValueError:
+        payload = None
+    raw: Any = payload if isinstance(payload, dict) else text[:RAW_LIMIT]
+    common: dict[str, Any] = {"job_id": job_id, "status_code": status, "raw": raw}
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+
+    if not isinstance(payload, dict):
+        what = "an HTML page" if "<html" in text[:500].lower() else "a body that is not a JSON object"
+        message = f"{operation}: HTTP {status} with {what}"
+        if status == 429:
+            raise RateLimited(message, retry_after=retry_after, **common)
+        if status in (401, 403):
+            raise AuthenticationFailed(message, **common)
+        if 400 <= status < 500:
+            raise RequestRejected(message, **common)
+        raise VendorUnavailable(message, **common)
+
+    code = payload.get("code", 0)
+    if code not in (0, "0") or status >= 400:
+        message = _vendor_message(payload)
+        error_class = (
+            _classify_code(code, status, message) if code not in (0, "0") else _classify_code(status, status, message)
+        )
+        text_out = f"{operation} refused: {message} (HTTP {status}, code {code})"
+        if error_class is RateLimited:
+            raise RateLimited(text_out, retry_after=retry_after, **common)
+        raise error_class(text_out, **common)
+
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise VendorUnavailable(f"{operation}: response has no data object (HTTP {status})", **common)
+    return data
+
+
+def job_from_data(job_id: str, data: Mapping[str, Any]) -> Job:
+    """A :class:`Job` from a query's ``data``: states 0/1 pending, 2 succeeded, 3 failed, others unknown."""
+    raw_status = data.get("status")
+    try:
+        number = int(raw_status)  # some gateways send "2"
+    except (TypeError, ValueError):
+        number = None
+    state: JobState = _STATES.get(number, "unknown") if number is not None else "unknown"
+    urls: list[str] = []
+    result = data.get("result")
+    if isinstance(result, Mapping):
+        # The vendor pages show result.videos[].url; the image-to-video page shows result.images[].url.
+        for key in ("videos", "video", "images"):
+            items = result.get(key)
+            items = [items] if isinstance(items, Mapping) else items
+            if isinstance(items, list):
+                urls.extend(str(i["url"]) for i in items if isinstance(i, Mapping) and i.get("url"))
+    error = data.get("error") or data.get("message") or data.get("fail_reason")
+    return Job(
+        job_id=job_id,
+        status=raw_status,
+        state=state,
+        video_urls=tuple(urls),
+        error=str(error) if error else None,
+        raw=dict(data),
+    )
+
+
+def _parse_amount(value: Any) -> Decimal | None:
+    try:
+        return Decimal(str(value)) if value not in (None, "") else None
+    except InvalidOperation:
+        return None
+
+
+# --------------------------------------------------------------------------------------------- auth
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the key per request, so it never sits in a client's default headers or reprs."""
+
+    def __init__(self, key: SecretStr) -> None:
+        self._key = key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(**********)"
+
+
+StatusCallback = Callable[[Job], Awaitable[None] | None]
+
+
+# --------------------------------------------------------------------------------------------- client
+
+
+class ShortAPIClient:
+    """Async client for ShortAPI's job API.
+
+    Args:
+        api_key: the key (``str`` or ``SecretStr``); default ``SHORTAPI_KEY`` from the environment.
+        base_url: API root; default ``SHORTAPI_BASE_URL`` or ``https://api.shortapi.ai``.
+        connect_timeout / read_timeout: explicit per-request timeouts in seconds.
+        retry: backoff for queries and downloads (never for creates).
+        poll: query schedule of :meth:`wait_for_job`.
+        http_client: an ``httpx.AsyncClient`` to share (its pool is reused; it is not closed by this client).
+    """
+
+    def __init__(
+        self,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        if api_key is None:
+            api_key = os.environ.get(ENV_KEY, "")
+        self._key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        if not self._key.get_secret_value().strip():
+            raise AuthenticationFailed(f"no ShortAPI key: pass api_key or set {ENV_KEY}")
+        self.base_url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
+        self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self._http = http_client
+        self._owns_http = http_client is None
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"ShortAPIClient(base_url={self.base_url!r}, api_key=**********)"
+
+    # -- lifecycle
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None and self._owns_http:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> ShortAPIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- create
+
+    async def create_job(self, request: KlingRequest, *, callback_url: str | None = None) -> CreatedJob:
+        """POST ``job/create`` once. Never retried: see :class:`JobMayHaveBeenCreated`.
+
+        ``callback_url`` is passed through; the vendor POSTs there when the job ends (treat it only as a
+        hint to query the job again).
+        """
+        body: dict[str, Any] = {"model": request.model_id, "args": request.to_args()}
+        if callback_url:
+            body["callback_url"] = callback_url
+        operation = f"job/create ({request.model_id})"
+        sent_at = time.time()
+        try:
+            response = await self._client().post(
+                self.base_url + CREATE_PATH, json=body, auth=_BearerAuth(self._key), timeout=self.timeout
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing reached the vendor: safe to submit again.
+            raise VendorUnavailable(
+                f"{operation}: could not connect ({type(exc).__name__}); no job was created"
+            ) from None
+        except httpx.TransportError as exc:
+            raise self._ambiguous(operation, sent_at, f"{type(exc).__name__} after the request was sent") from None
+
+        try:
+            data = interpret_response(response, operation=operation, secret=self._key)
+        except VendorUnavailable as exc:
+            if isinstance(exc.raw, dict):
+                raise  # the vendor answered with an error envelope: it refused the job
+            raise self._ambiguous(operation, sent_at, exc.message, raw=exc.raw, status_code=exc.status_code) from None
+        job_id = data.get("job_id")
+        if not job_id:
+            raise self._ambiguous(operation, sent_at, "the response has no job_id", raw=data)
+        return CreatedJob(
+            job_id=str(job_id),
+            model=request.model_id,
+            amount=_parse_amount(data.get("amount")),
+            estimated_cost=estimate_cost(request),
+            video_seconds=request.video_seconds,
+            created_at=sent_at,
+            raw=dict(data),
+        )
+
+    @staticmethod
+    def _ambiguous(operation: str, sent_at: float, why: str, **kwargs: Any) -> JobMayHaveBeenCreated:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(sent_at))
+        return JobMayHaveBeenCreated(
+            f"{operation} may have been accepted: {why}. The vendor may have created and billed a job; it was "
+            f"NOT retried automatically. Look for a job created around {when} in your ShortAPI dashboard "
+            "before submitting again",
+            **kwargs,
+        )
+
+    # -- query
+
+    async def get_job(self, job_id: str, *, deadline: float | None = None) -> Job:
+        """Query a job once, retrying transient failures (429 honouring ``Retry-After``, 5xx, resets, timeouts).
+
+        ``deadline`` (a ``time.monotonic()`` value) bounds the retries.
+        """
+        operation = "job/query"
+
+        async def attempt() -> Job:
+            try:
+                response = await self._client().get(
+                    self.base_url + QUERY_PATH, params={"id": job_id}, auth=_BearerAuth(self._key)
+                )
+            except httpx.TransportError as exc:
+                raise VendorUnavailable(f"{operation}: {type(exc).__name__}", job_id=job_id) from None
+            data = interpret_response(response, operation=operation, job_id=job_id, secret=self._key)
+            return job_from_data(job_id, data)
+
+        return await self._with_retries(attempt, deadline=deadline)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except TransientError as exc:
+                attempt += 1
+                if attempt >= self.retry.max_attempts:
+                    raise
+                pause = self.retry.delay(attempt - 1, getattr(exc, "retry_after", None), self._rng)
+                if deadline is not None and time.monotonic() + pause > deadline:
+                    raise
+                logger.debug("retrying after %s in %.2fs", exc, pause)
+                await anyio.sleep(pause)
+
+    async def wait_for_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = 3600.0,
+        expected_seconds: float | None = None,
+        started_at: float | None = None,
+        on_status_change: StatusCallback | None = None,
+    ) -> Job:
+        """Poll until the job ends; return it when it succeeded.
+
+        Args:
+            timeout: overall deadline in seconds (``None``: wait forever). On expiry raises
+                :class:`JobTimedOut` carrying the job id, so the wait can be resumed.
+            expected_seconds: how long the job should take from creation; no queries are made before most
+                of it has passed (see :class:`PollPolicy`).
+            started_at: ``time.time()`` when the job was created, if known (for a resumed wait).
+            on_status_change: called (sync or async) with each :class:`Job` whose state differs from the last.
+
+        Raises:
+            JobFailed: status 3, with the vendor's message. UnknownJobStatus: a status outside 0-3, or success
+            without a result URL. JobTimedOut: the deadline passed. AuthenticationFailed / JobNotFound.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        elapsed_offset = max(0.0, time.time() - started_at) if started_at else 0.0
+        began = time.monotonic()
+        last: Job | None = None
+        interval: float | None = None
+        last_error: ShortAPIError | None = None
+        while True:
+            elapsed = time.monotonic() - began + elapsed_offset
+            interval = self.poll.next_interval(elapsed, expected_seconds, interval, self._rng)
+            if last is None and expected_seconds is None:
+                interval = 0.0  # first look at once when we know nothing
+            if deadline is not None and time.monotonic() + interval > deadline:
+                interval = max(0.0, deadline - time.monotonic())
+            await anyio.sleep(interval)
+            try:
+                job = await self.get_job(job_id, deadline=deadline)
+                last_error = None
+            except TransientError as exc:
+                last_error = exc  # keep waiting: the job runs on regardless of our connection
+                job = None
+            if job is not None:
+                if last is None or job.state != last.state or job.status != last.status:
+                    await _call(on_status_change, job)
+                last = job
+                if job.state == "succeeded":
+                    if not job.video_urls:
+                        raise UnknownJobStatus(
+                            "job succeeded but its result has no URL",
+                            job_id=job_id,
+                            status=job.status,
+                            raw=job.raw,
+                        )
+                    return job
+                if job.state == "failed":
+                    raise JobFailed(
+                        f"job failed at the vendor: {job.error or 'no reason given'}",
+                        job_id=job_id,
+                        raw=job.raw,
+                    )
+                if job.state == "unknown":
+                    raise UnknownJobStatus(
+                        f"job has status {job.status!r}, which is not documented; treated as terminal",
+                        job_id=job_id,
+                        status=job.status,
+                        raw=job.raw,
+                    )
+            if deadline is not None and time.monotonic() >= deadline:
+                state = last.state if last else "unknown"
+                why = f"; last error: {last_error.message}" if last_error else ""
+                raise JobTimedOut(
+                    f"job still {state} after {timeout:.0f} s{why}; wait on this job id again to resume",
+                    job_id=job_id,
+                    last_status=last.status if last else None,
+                )
+
+    # -- download
+
+    async def download(
+        self,
+        url: str,
+        path: str | os.PathLike[str],
+        *,
+        job_id: str | None = None,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        on_progress: Callable[[int, int | None], None] | None = None,
+    ) -> Path:
+        """Stream ``url`` to ``path``: constant memory, a temporary name renamed only once complete.
+
+        Only http(s) is fetched, without the API key (result URLs are pre-signed, often on another host).
+        A truncated transfer is retried from scratch; 403/404/410 raise :class:`ResultExpired`; a body
+        over ``max_bytes`` raises :class:`DownloadFailed`.
+        """
+        target = Path(path)
+        scheme = httpx.URL(url).scheme
+        if scheme not in ("http", "https"):
+            raise DownloadFailed(f"refusing to download a result over {scheme or 'no'} scheme", job_id=job_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+        async def attempt() -> Path:
+            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
+            try:
+                await self._stream_to(url, temp, job_id=job_id, max_bytes=max_bytes, on_progress=on_progress)
+                os.replace(temp, target)
+                return target
+            finally:
+                temp.unlink(missing_ok=True)
+
+        return await self._with_retries(attempt)
+
+    async def _stream_to(
+        self,
+        url: str,
+        temp: Path,
+        *,
+        job_id: str | None,
+        max_bytes: int,
+        on_progress: Callable[[int, int | None], None] | None,
+    ) -> None:
+        try:
+            async with self._client().stream("GET", url) as response:
+                if response.status_code in (403, 404, 410):
+                    body = redact((await response.aread())[:RAW_LIMIT].decode("utf-8", "replace"), self._key)
+                    raise ResultExpired(
+                        f"the result URL no longer serves the file (HTTP {response.status_code}); vendor URLs "
+                        "expire, so results are downloaded as soon as a job succeeds",
+                        job_id=job_id,
+                        status_code=response.status_code,
+                        raw=body,
+                    )
+                if response.status_code == 429 or response.status_code >= 500:
+                    error = RateLimited if response.status_code == 429 else VendorUnavailable
+                    raise error(
+                        f"download: HTTP {response.status_code}",
+                        job_id=job_id,
+                        status_code=response.status_code,
+                        **(
+                            {"retry_after": parse_retry_after(response.headers.get("retry-after"))}
+                            if response.status_code == 429
+                            else {}
+                        ),
+                    )
+                if response.status_code != 200:
+                    raise DownloadFailed(f"download: unexpected HTTP {response.status_code}", job_id=job_id)
+                length = response.headers.get("content-length")
+                expected = int(length) if length and length.isdigit() else None
+                if expected is not None and expected > max_bytes:
+                    raise DownloadFailed(f"result is {expected} bytes, over the {max_bytes}-byte cap", job_id=job_id)
+                received = 0
+                async with await anyio.open_file(temp, "wb") as sink:
+                    async for chunk in response.aiter_raw(CHUNK):
+                        received += len(chunk)
+                        if received > max_bytes:
+                            raise DownloadFailed(f"result exceeds the {max_bytes}-byte cap", job_id=job_id)
+                        await sink.write(chunk)
+                        if on_progress is not None:
+                            on_progress(received, expected)
+                if expected is not None and received != expected:
+                    raise VendorUnavailable(f"download truncated: {received} of {expected} bytes", job_id=job_id)
+        except httpx.TransportError as exc:
+            raise VendorUnavailable(f"download interrupted: {type(exc).__name__}", job_id=job_id) from None
+
+
+async def _call(callback: StatusCallback | None, job: Job) -> None:
+    if callback is None:
+        return
+    outcome = callback(job)
+    if inspect.isawaitable(outcome):
+        await outcome
+
+
+# --------------------------------------------------------------------------------------------- sync twin
+
+
+class SyncShortAPIClient:
+    """The blocking twin of :class:`ShortAPIClient`: same arguments, same methods, same errors.
+
+    It runs the async client on a private event loop thread, so it also works inside code that already
+    runs an event loop (a Jupyter cell, a sync Prefect task on an async worker).
+
+    Examples:
+        ```python
+        from kling_prefect import KlingO1TextToVideo, SyncShortAPIClient
+
+        with SyncShortAPIClient() as client:
+            created = client.create_job(KlingO1TextToVideo(prompt="Waves at night"))
+            job = client.wait_for_job(created.job_id)
+            client.download(job.video_url, "waves.mp4")
+        ```
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._async = ShortAPIClient(*args, **kwargs)
+        self._portal_cm: Any = None
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+
+    def __repr__(self) -> str:
+        return f"SyncShortAPIClient(base_url={self._async.base_url!r}, api_key=**********)"
+
+    def _run(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        if self._portal is None:
+            self._portal_cm = anyio.from_thread.start_blocking_portal()
+            self._portal = self._portal_cm.__enter__()
+        return self._portal.call(lambda: func(*args, **kwargs))
+
+    def create_job(self, request: KlingRequest, *, callback_url: str | None = None) -> CreatedJob:
+        return self._run(self._async.create_job, request, callback_url=callback_url)
+
+    def get_job(self, job_id: str, *, deadline: float | None = None) -> Job:
+        return self._run(self._async.get_job, job_id, deadline=deadline)
+
+    def wait_for_job(self, job_id: str, **kwargs: Any) -> Job:
+        return self._run(self._async.wait_for_job, job_id, **kwargs)
+
+    def download(self, url: str, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+        return self._run(self._async.download, url, path, **kwargs)
+
+    def close(self) -> None:
+        if self._portal is not None:
+            self._portal.call(self._async.aclose)
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = self._portal_cm = None
+
+    def __enter__(self) -> SyncShortAPIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "CreatedJob",
+    "Job",
+    "PollPolicy",
+    "RetryPolicy",
+    "ShortAPIClient",
+    "SyncShortAPIClient",
+    "interpret_response",
+    "job_from_data",
+    "parse_retry_after",
+]

@@ -1,0 +1,212 @@
+"""The flows on a real Prefect server (one per session) against the emulator over HTTP, storing locally and
+to S3 (moto's server on loopback), checked on decoded pixels and on the artifacts Prefect holds."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from kling_prefect import BudgetExceeded, JobFailed, media
+from kling_prefect.flows import batch, continuation, text_to_video
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "vendor_env")
+
+FAST = {"poll_interval": 0.05, "timeout_seconds": 120}
+
+
+async def artifacts_of(state: Any) -> dict[str, Any]:
+    """Every artifact of a flow run (by key), read back through the Prefect API."""
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def prompts_created(emulator) -> list[str]:
+    return [job.args.get("prompt", "") for job in emulator.stats().jobs.values()]
+
+
+def inject_when_created(emulator, count: int, fault: str, **params: Any) -> threading.Thread:
+    """Inject ``fault`` as soon as the emulator has created ``count`` jobs (a failure in a *later* step)."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while emulator.stats().creates < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        emulator.inject(fault, **params)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+async def test_continuation_joins_clips_with_continuous_seams(emulator, tmp_path) -> None:
+    prompts = ["A paper boat on a canal", "It drifts under a bridge", "It reaches the harbour"]
+    state = await continuation(
+        prompts, duration=3, run_key="seams", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    result = await state.aresult()
+
+    clips = [Path(c.video.local_path) for c in result.clips]
+    assert [c.name for c in clips] == ["clip-01.mp4", "clip-02.mp4", "clip-03.mp4"]
+    for previous, following in itertools.pairwise(clips):
+        seam = mean_abs_diff(media.read_frame(previous, "last"), media.read_frame(following, "first"))
+        within = mean_abs_diff(media.read_frame(previous, "first"), media.read_frame(previous, "last"))
+        assert seam < 4, (previous.name, seam)
+        assert within > 4 * seam  # the check can fail: clips do move
+
+    final = Path(result.final.local_path)
+    assert final == tmp_path / "final.mp4"
+    info = media.probe(final)
+    assert info.frame_count == sum(media.probe(c).frame_count for c in clips) == (3 + 5 + 5) * 24
+    boundary = media.probe(clips[0]).frame_count
+    assert mean_abs_diff(media.read_frame(final, boundary - 1), media.read_frame(final, boundary)) < 4
+
+    stats = emulator.stats()
+    assert stats.creates == 3
+    i2v = [j for j in stats.jobs.values() if j.model.endswith("image-to-video")]
+    assert len(i2v) == 2 and all(j.args["images"][0].startswith("data:image/png;base64,") for j in i2v)
+
+    artifacts = await artifacts_of(state)
+    summary = artifacts["kling-seams-summary"].data
+    for record in result.records:
+        assert record.job_id in summary
+    assert "final video" in summary and "$1.285" in summary  # 3 s O3 pro (0.285) + 2 x 5 s o1 i2v pro (0.5)
+    table = artifacts["kling-seams-clips"].data
+    assert "clip-03" in str(table) and "stored" in str(table)
+    assert result.final.url in artifacts["kling-seams-final"].data  # Prefect keeps link artifacts as markdown
+    assert {f"kling-seams-clip-0{i}-video" for i in (1, 2, 3)} <= artifacts.keys()
+    assert artifacts["kling-seams-clip-01-thumbnail"].type == "image"
+    progress = artifacts["seams-clip-02-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+
+
+async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block, tmp_path) -> None:
+    block, endpoint, bucket = s3_bucket_block
+    result = await continuation(
+        ["A kite over dunes", "The kite dives to the sea"],
+        duration=3,
+        run_key="s3-run",
+        output_dir=str(tmp_path),
+        s3_bucket_block=block,
+        s3_prefix="kling",
+        **FAST,
+    )
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    expected = {"clip-01.mp4", "clip-02.mp4", "final.mp4", "clip-01.thumb.png", "frames/clip-01.last.png"}
+    assert {f"kling/s3-run/{k}" for k in expected} <= keys
+    assert result.final.uri == f"s3://{bucket}/kling/s3-run/final.mp4"
+
+    # The vendor (emulator) fetched the frame through a presigned URL on the S3 endpoint, and used it.
+    i2v = next(j for j in emulator.stats().jobs.values() if j.model.endswith("image-to-video"))
+    frame_url = i2v.args["images"][0]
+    assert frame_url.startswith(endpoint) and "Signature" in frame_url
+    s3.download_file(bucket, "kling/s3-run/final.mp4", str(tmp_path / "from-s3.mp4"))
+    assert media.probe(tmp_path / "from-s3.mp4").frame_count == (3 + 5) * 24
+    first_of_second = media.read_frame(tmp_path / "clip-02.mp4", "first")
+    assert mean_abs_diff(media.read_frame(tmp_path / "clip-01.mp4", "last"), first_of_second) < 4
+
+
+async def test_flow_retry_after_a_later_failure_pays_only_for_the_failed_step(emulator, tmp_path) -> None:
+    prompts = ["Step one: a seed", "Step two: a sprout", "Step three: a tree"]
+    # The second job (step two) fails at the vendor; Prefect retries the flow run.
+    watcher = inject_when_created(emulator, 1, "job_failure", times=1, message="generation failed: moderation")
+    state = await continuation.with_options(retries=1, retry_delay_seconds=0)(
+        prompts, duration=3, run_key="retry", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    watcher.join()
+    assert state.is_completed(), state
+    created = prompts_created(emulator)
+    assert created.count("Step one: a seed") == 1  # resumed, not paid again
+    assert created.count("Step two: a sprout") == 2  # the failed job, then one new job on the retry
+    assert created.count("Step three: a tree") == 1
+    assert media.probe(tmp_path / "final.mp4").frame_count == (3 + 5 + 5) * 24
+
+    # A new flow run with the same run key: everything is already made, nothing is created.
+    before = emulator.stats().creates
+    again = await continuation(prompts, duration=3, run_key="retry", output_dir=str(tmp_path), **FAST)
+    assert emulator.stats().creates == before
+    assert again.records[0].job_id == next(
+        j for j, rec in emulator.stats().jobs.items() if rec.args.get("prompt") == "Step one: a seed"
+    )
+
+
+async def test_failed_job_fails_the_flow_with_vendor_message_and_job_id(emulator, tmp_path) -> None:
+    emulator.inject("job_failure", times=1, message="generation failed: content moderation")
+    state = await text_to_video(
+        "A forbidden scene", run_key="fails", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    assert state.is_failed()
+    with pytest.raises(JobFailed, match="content moderation") as caught:
+        await state.aresult()
+    assert caught.value.job_id in emulator.stats().jobs
+    summary = (await artifacts_of(state))["kling-fails-summary"].data
+    assert caught.value.job_id in summary and "JobFailed" in summary
+
+
+async def test_budget_is_checked_before_anything_is_created(emulator, tmp_path) -> None:
+    with pytest.raises(BudgetExceeded, match=r"exceeds max_cost_usd \$1.00 by \$0.475"):
+        await continuation(["a", "b", "c"], max_cost_usd=1.0, output_dir=str(tmp_path), **FAST)
+    with pytest.raises(BudgetExceeded):
+        await batch(prompts=["x"] * 10, max_cost_usd=4.0, output_dir=str(tmp_path), **FAST)
+    assert emulator.stats().requests == 0
+
+
+async def test_batch_keeps_successes_when_some_fail_and_bounds_concurrency(emulator, tmp_path) -> None:
+    emulator.inject("job_failure", times=1, message="generation failed: moderation")
+    items = [{"prompt": f"scene {i}", "duration": 3, "mode": "std"} for i in range(6)]
+    result = await batch(
+        prompts=items, max_concurrency=2, run_key="batch", output_dir=str(tmp_path), fail_on_error=False, **FAST
+    )
+    assert len(result.records) == 6
+    assert sum(r.status == "stored" for r in result.records) == 5
+    failed = result.failed[0]
+    assert "moderation" in (failed.error or "") and failed.job_id in emulator.stats().jobs
+    for record in result.records:
+        if record.status == "stored":
+            assert media.is_decodable_mp4(Path(record.uri.removeprefix("file://")))
+    stats = emulator.stats()
+    assert stats.creates == 6 and stats.max_in_flight <= 2
+    assert sum(r.amount or Decimal(0) for r in result.records) == Decimal("0.213") * 6
+
+
+async def test_batch_fails_the_run_after_storing_the_others(emulator, tmp_path) -> None:
+    emulator.inject("job_failure", times=1)
+    state = await batch(
+        prompts=["one", "two", "three"], run_key="batch-fail", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    assert state.is_failed()
+    assert len(list(tmp_path.glob("item-*.mp4"))) == 2
+
+
+async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(emulator, tmp_path) -> None:
+    # Seven truncated downloads: the client gives up after its 6 attempts, the store task retries once more.
+    emulator.inject("truncate", endpoint="download", times=7)
+    state = await text_to_video(
+        "A clock tower", duration=3, run_key="store-retry", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    assert state.is_completed(), state
+    assert emulator.stats().downloads == 8 and emulator.stats().creates == 1
+    assert media.probe(tmp_path / "clip-01.mp4").frame_count == 3 * 24
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    store = next(r for r in runs if r.name == "store-clip-01")
+    assert store.run_count == 2
