@@ -1,6 +1,6 @@
 """``kling-prefect``: the command line, a thin front on the flows.
 
-Commands: ``demo``, ``chain``, ``batch``, ``estimate``, ``emulator``. Every request is validated and
+Commands: ``demo``, ``chain``, ``batch``, ``estimate``, ``emulator``, ``setup``. Every request is validated and
 the budget checked before Prefect starts or anything is created; bad arguments exit non-zero with one line.
 
 ``--model`` takes ``kling-o1``, ``kling-o3`` (the default), ``kling-3.0``, ``kling-2.6`` or a full model id.
@@ -60,6 +60,7 @@ def _add_run_options(parser: argparse.ArgumentParser, *, out_help: str) -> None:
     parser.add_argument("--credentials-block", help="name of a saved ShortAPICredentials block (default: env)")
     parser.add_argument("--s3-bucket-block", help="name of a saved prefect-aws S3Bucket block to store outputs in")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="shortest seconds between job queries")
+    parser.add_argument("--jobs-limit", help="name of a Prefect global concurrency limit on jobs in flight")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -105,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--fail-rate", type=float, default=0.0, help="probability a job fails")
     emulator.add_argument("--seed", type=int)
 
+    setup = commands.add_parser("setup", help="register blocks and create the shared jobs-in-flight limit")
+    setup.add_argument("--jobs-limit-name", default="kling-jobs-in-flight")
+    setup.add_argument("--jobs-limit", type=_positive_int, default=5, help="jobs in flight across all workers")
+    setup.add_argument("--creates-per-second", type=float, help="also create a rate limit on job creates")
+    setup.add_argument("--create-limit-name", default="kling-job-creates")
     return parser
 
 
@@ -214,6 +220,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
             s3_bucket_block=args.s3_bucket_block,
             credentials_block=args.credentials_block,
             poll_interval=args.poll_interval,
+            jobs_limit=args.jobs_limit,
         ),
         progress_enabled=not args.no_progress,
     )
@@ -239,6 +246,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             s3_bucket_block=args.s3_bucket_block,
             credentials_block=args.credentials_block,
             poll_interval=args.poll_interval,
+            jobs_limit=args.jobs_limit,
             fail_on_error=False,
         ),
         progress_enabled=not args.no_progress,
@@ -332,12 +340,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from kling_prefect.concurrency import setup_limits
+
+    for line in asyncio.run(
+        setup_limits(args.jobs_limit_name, args.jobs_limit, args.creates_per_second, args.create_limit_name)
+    ):
+        print(line)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": cmd_demo,
     "chain": cmd_chain,
     "batch": cmd_batch,
     "estimate": cmd_estimate,
     "emulator": cmd_emulator,
+    "setup": cmd_setup,
 }
 
 

@@ -5,6 +5,9 @@ any job, takes a ``run_key`` (a re-run with the same key resumes the jobs alread
 flow run id, so Prefect flow retries resume too), stores outputs locally or in S3 (``s3_bucket_block``), and
 leaves a summary, a table, links and thumbnails as artifacts.
 
+``jobs_limit`` names a Prefect global concurrency limit on jobs in flight across all workers (create it with
+``kling-prefect setup``); ``create_rate_limit`` a rate limit on creates.
+
 Secrets never travel as parameters: flows take the *name* of a ``ShortAPICredentials`` block, or read
 ``SHORTAPI_KEY``/``SHORTAPI_BASE_URL`` from the environment.
 
@@ -254,6 +257,8 @@ async def text_to_video(
     credentials_block: str | None = None,
     poll_interval: float = 2.0,
     timeout_seconds: float = 3600.0,
+    jobs_limit: str | None = None,
+    create_rate_limit: str | None = None,
 ) -> RunResult:
     """One prompt through any text-to-video model, stored, with its artifacts.
 
@@ -273,6 +278,8 @@ async def text_to_video(
             credentials_block=credentials_block,
             timeout=timeout_seconds,
             poll_interval=poll_interval,
+            jobs_limit=jobs_limit,
+            create_rate_limit=create_rate_limit,
         )
         records.append(record_for("clip-01", request, clip))
     except ShortAPIError as exc:
@@ -305,6 +312,8 @@ async def continuation(
     credentials_block: str | None = None,
     poll_interval: float = 2.0,
     timeout_seconds: float = 3600.0,
+    jobs_limit: str | None = None,
+    create_rate_limit: str | None = None,
 ) -> RunResult:
     """A text-to-video clip, then one ``kling-o1/image-to-video`` continuation per further prompt, each
     starting from the previous clip's last frame; then all clips joined into ``final.mp4``.
@@ -332,6 +341,8 @@ async def continuation(
         "credentials_block": credentials_block,
         "timeout": timeout_seconds,
         "poll_interval": poll_interval,
+        "jobs_limit": jobs_limit,
+        "create_rate_limit": create_rate_limit,
     }
     records: list[ClipRecord] = []
     clips: list[StoredVideo] = []
@@ -374,6 +385,8 @@ async def batch(
     credentials_block: str | None = None,
     poll_interval: float = 2.0,
     timeout_seconds: float = 3600.0,
+    jobs_limit: str | None = None,
+    create_rate_limit: str | None = None,
     fail_on_error: bool = True,
 ) -> RunResult:
     """Many prompts at once, at most ``max_concurrency`` jobs in flight; failures do not lose the others.
@@ -403,6 +416,8 @@ async def batch(
                     credentials_block=credentials_block,
                     timeout=timeout_seconds,
                     poll_interval=poll_interval,
+                    jobs_limit=jobs_limit,
+                    create_rate_limit=create_rate_limit,
                 )
             except Exception as exc:  # one prompt's failure must not lose the others
                 logger.error("%s failed: %s", item.step, exc)

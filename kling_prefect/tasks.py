@@ -42,6 +42,7 @@ from prefect.context import TaskRunContext
 
 from kling_prefect import media, progress
 from kling_prefect.client import Job, PollPolicy, ShortAPIClient
+from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
 from kling_prefect.models import KlingRequest
@@ -189,12 +190,16 @@ async def submit_kling_job(
     step: str,
     credentials_block: str | None = None,
     callback_url: str | None = None,
+    create_rate_limit: str | None = None,
 ) -> SubmittedJob:
     """Create one job at the vendor, exactly once per (``run_key``, ``step``, request).
 
     Raises ``JobMayHaveBeenCreated`` when the create failed after the request was sent; it is not retried.
+    ``create_rate_limit`` names a Prefect rate limit taken before the create (only when the job is really
+    created: a cached submission does not run this body).
     """
     logger = get_run_logger()
+    await create_rate_slot(create_rate_limit)
     client = await open_client(credentials_block)
     async with client:
         created = await client.create_job(request, callback_url=callback_url)
@@ -359,39 +364,49 @@ async def generate_video(
     timeout: float = 3600.0,
     poll_interval: float = 2.0,
     callback_url: str | None = None,
+    jobs_limit: str | None = None,
+    create_rate_limit: str | None = None,
 ) -> StoredVideo:
     """Submit, wait and store one clip, as three task runs. Call it from a flow.
 
     A flow retry or re-run with the same ``run_key`` and ``step`` resumes the job already created; if that job
     had failed at the vendor, the step is submitted again (once).
+
+    ``jobs_limit`` names a Prefect global concurrency limit: one slot is held from before the create until the
+    job is terminal, so all workers together keep at most that many jobs at the vendor (strict: a missing
+    limit is an error). ``create_rate_limit`` names a rate limit taken before each real create.
     """
     submit_args: dict[str, Any] = {
         "run_key": run_key,
         "step": step,
         "credentials_block": credentials_block,
         "callback_url": callback_url,
+        "create_rate_limit": create_rate_limit,
     }
     wait_args: dict[str, Any] = {
         "credentials_block": credentials_block,
         "timeout": timeout,
         "poll_interval": poll_interval,
     }
-    state = await submit_kling_job(request, return_state=True, **submit_args)
-    submitted: SubmittedJob = await state.aresult()
+    submitted: SubmittedJob | None = None
     try:
-        try:
-            finished = await wait_for_kling_job(submitted, **wait_args)
-        except (JobFailed, UnknownJobStatus):
-            if not state.is_completed() or state.name != "Cached":
-                raise  # created and failed in this run: paying again is the user's decision
-            # The remembered job failed in an earlier attempt (a flow retry or re-run with this run key): the
-            # step still has to be made, so submit it again, once.
-            get_run_logger().warning(
-                "job %s of step %r had failed earlier; submitting the step again", submitted.job_id, step
-            )
-            submitted = await submit_kling_job.with_options(refresh_cache=True)(request, **submit_args)
-            finished = await wait_for_kling_job(submitted, **wait_args)
+        async with job_slot(jobs_limit):
+            state = await submit_kling_job(request, return_state=True, **submit_args)
+            submitted = await state.aresult()
+            try:
+                finished = await wait_for_kling_job(submitted, **wait_args)
+            except (JobFailed, UnknownJobStatus):
+                if not state.is_completed() or state.name != "Cached":
+                    raise  # created and failed in this run: paying again is the user's decision
+                # The remembered job failed in an earlier attempt (a flow retry or a re-run with this run key):
+                # the step still has to be made, so submit it again, once.
+                get_run_logger().warning(
+                    "job %s of step %r had failed earlier; submitting the step again", submitted.job_id, step
+                )
+                submitted = await submit_kling_job.with_options(refresh_cache=True)(request, **submit_args)
+                finished = await wait_for_kling_job(submitted, **wait_args)
         return await store_kling_video(finished, storage=storage or StorageSpec(), credentials_block=credentials_block)
     except ShortAPIError as exc:
-        exc.submitted = submitted  # the job exists and was billed: keep what it cost on the error
+        if submitted is not None:
+            exc.submitted = submitted  # the job exists and was billed: keep what it cost on the error
         raise
