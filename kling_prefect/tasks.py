@@ -45,7 +45,14 @@ from kling_prefect.client import Job, PollPolicy, ShortAPIClient
 from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
-from kling_prefect.models import KlingRequest
+from kling_prefect.models import (
+    Kling26TextToVideo,
+    Kling30TextToVideo,
+    KlingO1ImageToVideo,
+    KlingO1TextToVideo,
+    KlingO3TextToVideo,
+    KlingRequest,
+)
 from kling_prefect.storage import StorageSpec, StoredObject, artifact_key, safe_key, safe_name
 
 # --------------------------------------------------------------------------------------------- results
@@ -410,3 +417,37 @@ async def generate_video(
         if submitted is not None:
             exc.submitted = submitted  # the job exists and was billed: keep what it cost on the error
         raise
+
+
+def _model_helper(model: type[KlingRequest]) -> Any:
+    """A ``generate_video`` front for one model: request fields as keyword arguments, validated at the call."""
+
+    async def generate(
+        *, run_key: str, step: str = "clip", storage: StorageSpec | None = None, **fields: Any
+    ) -> StoredVideo:
+        options = {k: fields.pop(k) for k in _GENERATE_OPTIONS if k in fields}
+        return await generate_video(model(**fields), run_key=run_key, step=step, storage=storage, **options)
+
+    name = model.model_id.split("/", 1)[1].replace("-", "_").replace(".", "").replace("/", "_")
+    generate.__name__ = generate.__qualname__ = name
+    generate.__doc__ = (
+        f"Generate one ``{model.model_id}`` clip in a flow: submit, wait, store (see ``generate_video``).\n\n"
+        f"Request fields are those of :class:`~kling_prefect.models.{model.__name__}`; also accepts "
+        f"{', '.join(_GENERATE_OPTIONS)}.\n\n"
+        "Examples:\n"
+        "    ```python\n"
+        "    @flow\n"
+        "    async def daily():\n"
+        f"        return await {name}(prompt='A lighthouse at dawn', run_key='daily-1')\n"
+        "    ```\n"
+    )
+    return generate
+
+
+_GENERATE_OPTIONS = ("credentials_block", "timeout", "poll_interval", "callback_url", "jobs_limit", "create_rate_limit")
+
+kling_o1_text_to_video = _model_helper(KlingO1TextToVideo)
+kling_o3_text_to_video = _model_helper(KlingO3TextToVideo)
+kling_o1_image_to_video = _model_helper(KlingO1ImageToVideo)
+kling_30_text_to_video = _model_helper(Kling30TextToVideo)
+kling_26_text_to_video = _model_helper(Kling26TextToVideo)
