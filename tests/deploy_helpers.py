@@ -1,0 +1,165 @@
+"""Helpers for tests/test_deployments.py: the repository's prefect.yaml, and a real `prefect server start` with
+CLI subprocesses (deploy, setup, workers) pointed at it.
+
+Every subprocess gets the server's PREFECT_API_URL and its own PREFECT_HOME, offline settings, and the vendor
+(emulator) environment it is given; nothing is shared with the test session's own Prefect harness.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT_YAML = REPO / "deployments" / "prefect.yaml"
+BIN = Path(sys.executable).parent
+PREFECT = str(BIN / "prefect")
+KLING_PREFECT = str(BIN / "kling-prefect")
+
+OFFLINE_ENV = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_UI_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+}
+
+
+def load_prefect_yaml() -> dict[str, Any]:
+    return yaml.safe_load(PREFECT_YAML.read_text())
+
+
+def deployments_by_name() -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for d in load_prefect_yaml()["deployments"]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no output file {path})"
+
+
+@dataclass
+class PrefectServer:
+    """A `prefect server start` subprocess on 127.0.0.1 with its own PREFECT_HOME (and so its own database)."""
+
+    home: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "server.log"
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for a CLI or worker talking to this server (no vendor settings unless in ``extra``)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
+        env.pop("SHORTAPI_KEY", None)
+        env.pop("SHORTAPI_BASE_URL", None)
+        env.update(OFFLINE_ENV)
+        env.update(
+            {
+                "PREFECT_HOME": str(self.home / "client"),
+                "PREFECT_LOCAL_STORAGE_PATH": str(self.home / "client" / "storage"),
+                "PREFECT_API_URL": self.api_url,
+            }
+        )
+        env.update(extra or {})
+        return env
+
+    def start(self, timeout: float = 120.0) -> PrefectServer:
+        env = self.env()
+        env["PREFECT_HOME"] = str(self.home / "server")
+        # The schedules must be *held* by the server, but no scheduled run may be created while tests run:
+        # a worker would pick it up with the (production) default parameters.
+        env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
+        args = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"]
+        args.append("--analytics-off")
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                args,
+                env=env,
+                cwd=self.home,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prefect server exited with {self.process.returncode}:\n{tail(self.log)}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"prefect server did not answer /api/health within {timeout} s:\n{tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, cwd: Path = REPO, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a CLI to completion; raise with its output when it fails."""
+    done = subprocess.run(list(args), env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited with {done.returncode}\n--- stdout\n{done.stdout[-4000:]}\n"
+            f"--- stderr\n{done.stderr[-4000:]}"
+        )
+    return done
+
+
+def start_worker(
+    pool: str, env: Mapping[str, str], log: Path, *, work_queue: str | None = None
+) -> subprocess.Popen[bytes]:
+    """`prefect worker start --run-once`: polls once, runs what it found, returns when those runs ended."""
+    args = [PREFECT, "worker", "start", "--pool", pool, "--run-once"]
+    if work_queue:
+        args += ["--work-queue", work_queue]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_worker(process: subprocess.Popen[bytes], log: Path, timeout: float = 180.0) -> None:
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the worker's own process group: it and its flow runs
+        process.wait(timeout=10)
+        raise AssertionError(f"worker did not finish within {timeout} s:\n{tail(log)}") from None
+    assert process.returncode == 0, f"worker exited with {process.returncode}:\n{tail(log)}"
