@@ -7,7 +7,8 @@ call silently creates nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from prefect.artifacts import (
     acreate_image_artifact,
@@ -37,7 +38,29 @@ class ClipRecord:
     error: str | None = None
 
 
+#: Vendor-reported amounts above this (USD per job) are not believed: shown and summed as unknown.
+MAX_PLAUSIBLE_AMOUNT = Decimal(100_000)
+
+
+def safe_amount(value: Any) -> Decimal | None:
+    """A vendor-reported ``amount`` as money, or ``None`` when it is not a finite, non-negative, plausible number.
+
+    Responses are untrusted: ``"NaN"``, ``"-5"`` or ``"1e999999999"`` (which would take a gigabyte to print
+    with two decimals) must not reach totals or artifacts.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    if not amount.is_finite() or amount < 0 or amount > MAX_PLAUSIBLE_AMOUNT:
+        return None
+    return amount
+
+
 def _money(value: Decimal | None) -> str:
+    value = safe_amount(value)
     return "n/a" if value is None else f"${value:.3f}"
 
 
@@ -47,14 +70,19 @@ def _cell(text: str | None, limit: int = 80) -> str:
 
 
 def totals(records: list[ClipRecord]) -> dict[str, Decimal | int]:
-    """Seconds of video, estimated and vendor-reported cost over the records that created a job."""
+    """Seconds of video, estimated and vendor-reported cost over the records that created a job.
+
+    ``vendor_amount`` sums the ``amount`` the vendor reported for each created job; ``unreported`` counts the
+    created jobs without one (missing or implausible, see :func:`safe_amount`).
+    """
     created = [r for r in records if r.job_id]
     return {
         "jobs": len(created),
         "succeeded": sum(1 for r in records if r.status == "stored"),
         "video_seconds": sum(r.video_seconds for r in created),
-        "estimated_cost": sum((r.estimated_cost or Decimal(0) for r in created), Decimal(0)),
-        "vendor_amount": sum((r.amount or Decimal(0) for r in created), Decimal(0)),
+        "estimated_cost": sum((safe_amount(r.estimated_cost) or Decimal(0) for r in created), Decimal(0)),
+        "vendor_amount": sum((safe_amount(r.amount) or Decimal(0) for r in created), Decimal(0)),
+        "unreported": sum(1 for r in created if safe_amount(r.amount) is None),
     }
 
 
@@ -74,7 +102,8 @@ async def publish_run_artifacts(
         f"- storage: {storage or 'n/a'}",
         f"- jobs: {sums['jobs']} created, {sums['succeeded']} stored, {len(records) - sums['succeeded']} not stored",
         f"- video: {sums['video_seconds']} s",
-        f"- cost: estimated {_money(sums['estimated_cost'])}, vendor-reported {_money(sums['vendor_amount'])}",  # type: ignore[arg-type]
+        f"- cost: estimated {_money(sums['estimated_cost'])}, vendor-reported {_money(sums['vendor_amount'])}"  # type: ignore[arg-type]
+        + (f" ({sums['unreported']} job(s) without a usable reported amount)" if sums["unreported"] else ""),
     ]
     if final is not None:
         lines.append(f"- final video: [{final.uri}]({final.url or final.uri})")
@@ -84,10 +113,11 @@ async def publish_run_artifacts(
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        output = f"[{_cell(r.uri, 60)}]({r.url or r.uri})" if r.uri else _cell(r.error)
+        output = f"[{_cell(r.uri, 60)}]({r.url or r.uri})" if r.uri else _cell(r.error, 200)
         thumb = f"![{r.step}]({r.thumbnail_url})" if r.thumbnail_url else ""
         lines.append(
-            f"| {r.step} | {r.model} | {_cell(r.prompt, 60)} | {r.job_id or '—'} | {r.status} | {r.video_seconds} "
+            f"| {r.step} | {r.model} | {_cell(r.prompt, 60)} | {_cell(r.job_id, 64) or '—'} | {r.status} "
+            f"| {r.video_seconds} "
             f"| {_money(r.estimated_cost)} | {_money(r.amount)} | {output} | {thumb} |"
         )
     summary_key = f"{base}-summary"
@@ -102,7 +132,7 @@ async def publish_run_artifacts(
                 "status": r.status,
                 "video_seconds": r.video_seconds,
                 "estimated_cost_usd": str(r.estimated_cost) if r.estimated_cost is not None else "",
-                "vendor_amount_usd": str(r.amount) if r.amount is not None else "",
+                "vendor_amount_usd": str(safe_amount(r.amount)) if safe_amount(r.amount) is not None else "",
                 "uri": r.uri or "",
                 "error": r.error or "",
             }

@@ -78,21 +78,38 @@ def _from_csv_row(row: dict[str, str], model: type[KlingRequest]) -> dict[str, A
 
 
 def _read_file(path: Path) -> Iterable[tuple[str, Any]]:
-    """(where, raw item) pairs; a raw item is a dict or an exception describing why the line is bad."""
+    """(where, raw item) pairs; a raw item is a dict or an exception describing why the line is bad.
+
+    Unreadable files (missing, a directory, not UTF-8, a broken CSV) raise :class:`BatchInputError` at once.
+    """
     if not path.is_file():
-        raise BatchInputError([f"{path}: no such file"])
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or "prompt" not in reader.fieldnames:
-                raise BatchInputError([f"{path}: a CSV needs a header row with a 'prompt' column"])
-            for row in reader:
-                where = f"line {reader.line_num}"
-                if None in row:
-                    yield where, ValueError(f"{len(row[None])} more cell(s) than header columns")  # type: ignore[index]
-                    continue
-                yield where, row
-        return
+        raise BatchInputError([f"{path}: no such file" if not path.exists() else f"{path}: not a regular file"])
+    try:
+        yield from (_read_csv(path) if path.suffix.lower() == ".csv" else _read_jsonl(path))
+    except UnicodeDecodeError as exc:
+        raise BatchInputError([f"{path}: not UTF-8 text (invalid byte at offset {exc.start})"]) from None
+    except csv.Error as exc:
+        raise BatchInputError([f"{path}: not a readable CSV: {exc}"]) from None
+
+
+def _read_csv(path: Path) -> Iterable[tuple[str, Any]]:
+    # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise BatchInputError([f"{path}: a CSV needs a header row with a 'prompt' column"])
+        duplicates = sorted({name for name in reader.fieldnames if reader.fieldnames.count(name) > 1})
+        if duplicates:
+            raise BatchInputError([f"{path}: duplicate column(s) in the header: {', '.join(duplicates)}"])
+        for row in reader:
+            where = f"line {reader.line_num}"
+            if None in row:
+                yield where, ValueError(f"{len(row[None])} more cell(s) than header columns")  # type: ignore[index]
+                continue
+            yield where, row
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip() or line.lstrip().startswith("#"):
@@ -101,6 +118,8 @@ def _read_file(path: Path) -> Iterable[tuple[str, Any]]:
                 yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as exc:
                 yield f"line {number}", ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}")
+            except RecursionError:
+                yield f"line {number}", ValueError("invalid JSON: nested too deeply")
 
 
 def load_batch_items(
@@ -109,6 +128,8 @@ def load_batch_items(
     """Validated items from ``prompts`` or ``file`` (exactly one of them); raises :class:`BatchInputError`."""
     if (prompts is None) == (file is None):
         raise BatchInputError(["give either prompts or file (exactly one)"])
+    if prompts is not None and not isinstance(prompts, (list, tuple)):
+        raise BatchInputError([f"prompts: must be a list of prompts or objects, got {type(prompts).__name__}"])
     try:
         default = request_model_for(default_model)
     except KeyError as exc:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +23,8 @@ from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+MIN_POLL_INTERVAL = 0.01  # the same floor as the flows' poll_interval
+MAX_CONCURRENCY = 1000
 DEMO_PROMPTS = [
     "A paper boat is set on a calm canal at sunrise, soft golden light, cinematic",
     "The paper boat drifts under an old stone bridge as ripples catch the light",
@@ -34,10 +38,40 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _concurrency(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {value}")
+    return value
+
+
+def _poll_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or not MIN_POLL_INTERVAL <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_POLL_INTERVAL} to 3600 seconds, got {text!r}")
+    return value
+
+
+def _run_key(text: str) -> str:
+    from kling_prefect.storage import safe_name
+
+    if not text or safe_name(text, max_length=64) != text:
+        raise argparse.ArgumentTypeError(
+            f"use 1 to 64 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, got {text!r}"
+        )
+    return text
 
 
 def _money(text: str) -> Decimal:
@@ -55,14 +89,21 @@ def _add_run_options(parser: argparse.ArgumentParser, *, out_help: str) -> None:
         "--model", default="kling-o3", help="kling-o1, kling-o3 (default), kling-3.0, kling-2.6 or a full id"
     )
     parser.add_argument("--out", help=out_help)
-    parser.add_argument("--run-key", help="re-use to resume the jobs of an earlier run instead of paying again")
+    parser.add_argument(
+        "--run-key", type=_run_key, help="re-use to resume the jobs of an earlier run instead of paying again"
+    )
     parser.add_argument("--max-cost", type=_money, metavar="USD", help="refuse to start if the estimate is higher")
     parser.add_argument("--credentials-block", help="name of a saved ShortAPICredentials block (default: env)")
     parser.add_argument("--s3-bucket-block", help="name of a saved prefect-aws S3Bucket block to store outputs in")
-    parser.add_argument("--poll-interval", type=float, default=2.0, help="shortest seconds between job queries")
+    parser.add_argument("--poll-interval", type=_poll_seconds, default=2.0, help="shortest seconds between job queries")
     parser.add_argument("--jobs-limit", help="name of a Prefect global concurrency limit on jobs in flight")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--resubmit-uncertain",
+        action="store_true",
+        help="submit steps whose earlier create may have been accepted (check the ShortAPI dashboard first)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser("batch", help="many prompts from a JSONL or CSV file, concurrently")
     batch.add_argument("file", metavar="FILE")
-    batch.add_argument("--max-concurrency", type=_positive_int, default=4)
+    batch.add_argument("--max-concurrency", type=_concurrency, default=4)
     _add_run_options(batch, out_help="directory for the clips (default ./kling-output/<run key>)")
 
     estimate = commands.add_parser("estimate", help="what a request, chain or batch file would cost (no API call)")
@@ -154,7 +195,9 @@ class _Bar:
 
 
 def _fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
-    print(f"kling-prefect: error: {message}", file=sys.stderr)
+    """Print one line (newlines in ``message`` are folded) on stderr and exit with ``code``."""
+    line = re.sub(r"\s*\n\s*", " ", message.strip())
+    print(f"kling-prefect: error: {line}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -187,10 +230,19 @@ def _run_flow(make: Callable[[], Any], *, progress_enabled: bool) -> Any:
 
 
 def _check_credentials(block: str | None) -> None:
-    if block is None and not os.environ.get("SHORTAPI_KEY", "").strip():
+    """Without a block, the environment must hold a usable key and valid settings (checked, never printed)."""
+    if block is not None:
+        return
+    if not os.environ.get("SHORTAPI_KEY", "").strip():
         _fail(
             "no ShortAPI key: set SHORTAPI_KEY (and SHORTAPI_BASE_URL for a proxy/emulator) or pass --credentials-block"
         )
+    from kling_prefect.credentials import ShortAPICredentials
+
+    try:
+        ShortAPICredentials.from_env()
+    except ValueError as exc:
+        _fail(str(exc), EXIT_USAGE)
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
@@ -221,6 +273,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
             credentials_block=args.credentials_block,
             poll_interval=args.poll_interval,
             jobs_limit=args.jobs_limit,
+            resubmit_uncertain=args.resubmit_uncertain,
         ),
         progress_enabled=not args.no_progress,
     )
@@ -248,6 +301,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             poll_interval=args.poll_interval,
             jobs_limit=args.jobs_limit,
             fail_on_error=False,
+            resubmit_uncertain=args.resubmit_uncertain,
         ),
         progress_enabled=not args.no_progress,
     )
@@ -365,15 +419,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from kling_prefect.batchfile import BatchInputError, describe_validation_error
-    from kling_prefect.exceptions import BudgetExceeded, ShortAPIError
+    from kling_prefect.exceptions import BudgetExceeded, InvalidInput, ShortAPIError
 
     try:
         return COMMANDS[args.command](args)
+    except SystemExit:
+        raise
     except ValidationError as exc:
         _fail(f"invalid request: {describe_validation_error(exc)}", EXIT_USAGE)
     except BatchInputError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    except BudgetExceeded as exc:
+        shown = "; ".join(exc.problems[:10]) + (
+            f"; ... and {len(exc.problems) - 10} more" if len(exc.problems) > 10 else ""
+        )
+        _fail(f"{len(exc.problems)} invalid batch item(s), nothing was created: {shown}", EXIT_USAGE)
+    except (BudgetExceeded, InvalidInput) as exc:
         _fail(str(exc), EXIT_USAGE)
     except KeyError as exc:
         _fail(str(exc.args[0]) if exc.args else "unknown key", EXIT_USAGE)
@@ -381,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         _fail("interrupted; re-run with the same --run-key to resume the jobs already created", 130)
+    except Exception as exc:  # anything else: still one line, never a traceback (texts carry no secrets)
+        if os.environ.get("KLING_PREFECT_DEBUG") == "1":
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (set KLING_PREFECT_DEBUG=1 for a traceback)")
 
 
 if __name__ == "__main__":

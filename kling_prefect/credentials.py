@@ -1,4 +1,4 @@
-"""The ``ShortAPICredentials`` block: API key (a ``SecretStr``), base URL and timeouts.
+"""The ``ShortAPICredentials`` block: API key (a ``SecretStr``), base URL, timeouts and retry settings.
 
 Examples:
     Save once, load in any flow:
@@ -12,24 +12,63 @@ Examples:
         job = await client.create_job(request)
     ```
 
-    Without a saved block, ``ShortAPICredentials.from_env()`` reads ``SHORTAPI_KEY`` and
-    ``SHORTAPI_BASE_URL``.
+    Without a saved block, ``ShortAPICredentials.from_env()`` reads ``SHORTAPI_KEY`` and ``SHORTAPI_BASE_URL``,
+    and optionally the tuning variables below (each one a field of the block):
+
+    | variable | field | default |
+    |---|---|---|
+    | ``SHORTAPI_CONNECT_TIMEOUT`` | ``connect_timeout`` | 10 s |
+    | ``SHORTAPI_READ_TIMEOUT`` | ``read_timeout`` | 30 s |
+    | ``SHORTAPI_RETRY_ATTEMPTS`` | ``retry_attempts`` | 6 |
+    | ``SHORTAPI_RETRY_BASE_DELAY`` | ``retry_base_delay`` | 0.5 s |
+    | ``SHORTAPI_RETRY_MAX_DELAY`` | ``retry_max_delay`` | 30 s |
+    | ``SHORTAPI_MAX_RETRY_AFTER`` | ``max_retry_after`` | 300 s |
+
+    Retries apply to queries and downloads only: a ``job/create`` is never retried by the client (see
+    :class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from prefect.blocks.abstract import CredentialsBlock
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
-    from kling_prefect.client import ShortAPIClient, SyncShortAPIClient
+    from kling_prefect.client import RetryPolicy, ShortAPIClient, SyncShortAPIClient
 
 DEFAULT_BASE_URL = "https://api.shortapi.ai"
 ENV_KEY = "SHORTAPI_KEY"
 ENV_BASE_URL = "SHORTAPI_BASE_URL"
+
+# Optional tuning variables read by ``from_env``: variable -> (field, type).
+ENV_SETTINGS: dict[str, tuple[str, type]] = {
+    "SHORTAPI_CONNECT_TIMEOUT": ("connect_timeout", float),
+    "SHORTAPI_READ_TIMEOUT": ("read_timeout", float),
+    "SHORTAPI_RETRY_ATTEMPTS": ("retry_attempts", int),
+    "SHORTAPI_RETRY_BASE_DELAY": ("retry_base_delay", float),
+    "SHORTAPI_RETRY_MAX_DELAY": ("retry_max_delay", float),
+    "SHORTAPI_MAX_RETRY_AFTER": ("max_retry_after", float),
+}
+
+
+def check_base_url(value: str) -> str:
+    """``value`` stripped, when it is an absolute http(s) URL with a host; ``ValueError`` otherwise."""
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The value itself is not echoed: a URL can carry credentials (``https://user:password@host``).
+        if parts.scheme in ("http", "https"):
+            got = "a URL without a host"
+        else:
+            got = f"a {parts.scheme}: URL" if parts.scheme else "text without a scheme"
+        raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {got}")
+    return text
 
 
 class ShortAPICredentials(CredentialsBlock):
@@ -39,35 +78,83 @@ class ShortAPICredentials(CredentialsBlock):
         api_key: the ShortAPI key, sent as ``Authorization: Bearer``; stored encrypted, shown as ``**********``.
         base_url: the API root; change it for a proxy or the bundled emulator.
         connect_timeout: seconds to establish a connection.
-        read_timeout: seconds to wait for a response once the request is sent.
+        read_timeout: seconds to wait for a response (or the next chunk of a download) once a request is sent.
+        retry_attempts: attempts of a query or download on 429, 5xx, malformed bodies, resets and timeouts.
+        retry_base_delay / retry_max_delay: capped exponential backoff with full jitter between attempts.
+        max_retry_after: the longest ``Retry-After`` honoured, in seconds.
     """
 
     _block_type_name = "ShortAPI Credentials"
     _block_type_slug = "shortapi-credentials"
 
     api_key: SecretStr = Field(description="ShortAPI API key.")
-    base_url: str = Field(default=DEFAULT_BASE_URL, description="API root URL.")
-    connect_timeout: float = Field(default=10.0, gt=0, description="Connect timeout in seconds.")
-    read_timeout: float = Field(default=30.0, gt=0, description="Read timeout in seconds.")
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API root URL (http or https).")
+    connect_timeout: float = Field(default=10.0, gt=0, allow_inf_nan=False, description="Connect timeout (s).")
+    read_timeout: float = Field(default=30.0, gt=0, allow_inf_nan=False, description="Read timeout (s).")
+    retry_attempts: int = Field(
+        default=6, ge=1, le=50, description="Attempts of a query or download (creates are never retried)."
+    )
+    retry_base_delay: float = Field(
+        default=0.5, ge=0, allow_inf_nan=False, description="First backoff cap between attempts (s)."
+    )
+    retry_max_delay: float = Field(default=30.0, ge=0, allow_inf_nan=False, description="Largest backoff (s).")
+    max_retry_after: float = Field(
+        default=300.0, ge=0, allow_inf_nan=False, description="Longest server Retry-After honoured (s)."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return check_base_url(value)
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> ShortAPICredentials:
-        """Credentials from ``SHORTAPI_KEY`` and ``SHORTAPI_BASE_URL`` (default ``https://api.shortapi.ai``).
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ShortAPICredentials:
+        """Credentials from ``SHORTAPI_KEY``, ``SHORTAPI_BASE_URL`` (default ``https://api.shortapi.ai``) and the
+        optional tuning variables (see the module documentation).
 
-        Raises ``ValueError`` (without echoing anything secret) when ``SHORTAPI_KEY`` is unset or empty.
+        Raises ``ValueError`` naming the variable (never echoing the key) when ``SHORTAPI_KEY`` is unset or
+        empty, or a variable is not a valid value.
         """
         env = os.environ if environ is None else environ
         key = env.get(ENV_KEY, "").strip()
         if not key:
             raise ValueError(f"no ShortAPI key: set {ENV_KEY} or save a ShortAPICredentials block")
-        return cls(api_key=SecretStr(key), base_url=env.get(ENV_BASE_URL, "").strip() or DEFAULT_BASE_URL)
+        settings: dict[str, Any] = {}
+        base_url = env.get(ENV_BASE_URL, "").strip()
+        if base_url:
+            try:
+                settings["base_url"] = check_base_url(base_url)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_BASE_URL}: {exc}") from None
+        for variable, (name, kind) in ENV_SETTINGS.items():
+            text = env.get(variable, "").strip()
+            if not text:
+                continue
+            settings[name] = _env_number(variable, text, kind)
+            problem = _field_problem(name, settings[name])
+            if problem:
+                raise ValueError(f"{variable}: {problem}, got {text[:40]!r}")
+        return cls(api_key=SecretStr(key), **settings)
+
+    def retry_policy(self) -> RetryPolicy:
+        """The :class:`~kling_prefect.client.RetryPolicy` these settings describe."""
+        from kling_prefect.client import RetryPolicy
+
+        return RetryPolicy(
+            max_attempts=self.retry_attempts,
+            base_delay=self.retry_base_delay,
+            max_delay=self.retry_max_delay,
+            max_retry_after=self.max_retry_after,
+        )
 
     def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~kling_prefect.client.ShortAPIClient` (the key stays a ``SecretStr``)."""
         return {
             "api_key": self.api_key,
             "base_url": self.base_url,
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
+            "retry": self.retry_policy(),
         }
 
     def get_client(self) -> ShortAPIClient:
@@ -81,6 +168,31 @@ class ShortAPICredentials(CredentialsBlock):
         from kling_prefect.client import SyncShortAPIClient
 
         return SyncShortAPIClient(**self.client_options())
+
+
+def _env_number(variable: str, text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ValueError(f"{variable}: must be {what}, got {text[:40]!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{variable}: must be a finite number of seconds, got {text[:40]!r}")
+    return value
+
+
+def _field_problem(name: str, value: float | int) -> str | None:
+    """Why ``value`` breaks the bounds of field ``name`` (``None`` when it fits)."""
+    for rule in ShortAPICredentials.model_fields[name].metadata:
+        for attr, test, words in (
+            ("gt", lambda v, b: v > b, "greater than"),
+            ("ge", lambda v, b: v >= b, "at least"),
+            ("le", lambda v, b: v <= b, "at most"),
+        ):
+            bound = getattr(rule, attr, None)
+            if bound is not None and not test(value, bound):
+                return f"must be {words} {bound}"
+    return None
 
 
 def redact(text: str, secret: SecretStr | str | None) -> str:

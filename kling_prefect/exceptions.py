@@ -83,6 +83,10 @@ class JobMayHaveBeenCreated(ShortAPIError):
 
     It is not retried automatically, because there is no idempotency key and a second POST can be a second
     charge. Check the vendor dashboard for a job created at this time before submitting again.
+
+    The flows note it in Prefect's result storage: a flow retry or a re-run with the same ``run_key`` raises
+    this error again for that step, sending nothing, until run with ``resubmit_uncertain=True``
+    (CLI: ``--resubmit-uncertain``).
     """
 
 
@@ -116,3 +120,20 @@ class ResultExpired(DownloadFailed):
 
 class BudgetExceeded(ValueError):
     """The estimated cost of the requested work is over ``max_cost_usd``; nothing was created."""
+
+
+class InvalidInput(ValueError):
+    """A flow parameter or command-line argument is invalid; nothing was created.
+
+    Attributes:
+        field: the parameter (or ``parameter[index]``) at fault; the message starts with it.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.reason))

@@ -1,0 +1,293 @@
+"""Bad input gets a clear answer and costs nothing: flow parameters, batch files, command-line arguments (the real
+console script, in subprocesses run in parallel) and a few request-model cases not in ``test_models.py``.
+
+Each case names the parameter, field or line at fault; the CLI exits non-zero with one line and no traceback;
+and the emulator (the vendor) receives no request at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.exceptions import ParameterTypeError
+from pydantic import ValidationError
+
+from kling_prefect import Kling26TextToVideo, Kling30TextToVideo, KlingO1ImageToVideo, KlingO3TextToVideo
+from kling_prefect.batchfile import BatchInputError, load_batch_items
+from kling_prefect.exceptions import InvalidInput
+from kling_prefect.flows import batch, continuation, text_to_video
+
+from .conftest import TEST_KEY
+
+URL = "https://example.com/frame.png"
+CLI = str(Path(sys.executable).with_name("kling-prefect"))
+FAST = {"poll_interval": 0.05, "timeout_seconds": 60}
+
+
+def shots(*durations: int) -> list[dict[str, Any]]:
+    return [{"prompt": f"shot {i}", "duration": d} for i, d in enumerate(durations)]
+
+
+# --------------------------------------------------------------------------------------------- flow parameters
+
+# (flow, parameters, exception type, text that names what is wrong)
+FLOW_CASES: list[tuple[Callable[..., Any], dict[str, Any], type[Exception], str]] = [
+    (text_to_video, {"prompt": 123}, ParameterTypeError, "prompt"),
+    (text_to_video, {"prompt": ""}, ValidationError, "prompt"),
+    (text_to_video, {"prompt": "  \n "}, ValidationError, "prompt"),
+    (text_to_video, {"prompt": "x" * 2501}, ValidationError, "prompt"),
+    (text_to_video, {"prompt": "x", "model": "kling-9"}, InvalidInput, "model"),
+    (text_to_video, {"prompt": "x", "model": "kling-o1-i2v"}, InvalidInput, "model"),
+    (text_to_video, {"prompt": "x", "model": 7}, ParameterTypeError, "model"),
+    (text_to_video, {"prompt": "x", "duration": 2}, ValidationError, "duration"),
+    (text_to_video, {"prompt": "x", "model": "kling-o1", "duration": 7}, ValidationError, "duration"),
+    (text_to_video, {"prompt": "x", "duration": "ten"}, ParameterTypeError, "duration"),
+    (text_to_video, {"prompt": "x", "aspect_ratio": "4:3"}, ValidationError, "aspect_ratio"),
+    (text_to_video, {"prompt": "x", "mode": "fast"}, ValidationError, "mode"),
+    (text_to_video, {"prompt": "x", "model": "kling-2.6", "mode": "std"}, ValidationError, "mode"),
+    (text_to_video, {"prompt": "x", "options": {"sound": "loud"}}, ValidationError, "sound"),
+    (text_to_video, {"prompt": "x", "options": {"promt": "typo"}}, ValidationError, "promt"),
+    (text_to_video, {"prompt": "x", "options": {"prompt": "other"}}, InvalidInput, "options"),
+    (text_to_video, {"prompt": "x", "duration": 5, "options": {"duration": 8}}, InvalidInput, "options"),
+    (text_to_video, {"prompt": "x", "options": "sound=on"}, ParameterTypeError, "options"),
+    (
+        text_to_video,
+        {"prompt": "x", "model": "kling-3.0", "options": {"generate_audio": "yes"}},
+        ValidationError,
+        "generate_audio",
+    ),
+    (
+        text_to_video,
+        {
+            "prompt": "",
+            "duration": 12,
+            "options": {"multi_shot": True, "shot_type": "customize", "multi_prompt": shots(2, 2, 2, 2, 2, 1, 1)},
+        },
+        ValidationError,
+        "multi_prompt",
+    ),
+    (
+        text_to_video,
+        {
+            "prompt": "",
+            "duration": 5,
+            "options": {"multi_shot": True, "shot_type": "customize", "multi_prompt": shots(2, 2)},
+        },
+        ValidationError,
+        "multi_prompt",
+    ),
+    (text_to_video, {"prompt": "x", "max_cost_usd": -1}, InvalidInput, "max_cost_usd"),
+    (text_to_video, {"prompt": "x", "max_cost_usd": float("nan")}, InvalidInput, "max_cost_usd"),
+    (text_to_video, {"prompt": "x", "max_cost_usd": "lots"}, ParameterTypeError, "max_cost_usd"),
+    (text_to_video, {"prompt": "x", "max_cost_usd": 0.1}, Exception, "max_cost_usd"),  # BudgetExceeded
+    (text_to_video, {"prompt": "x", "poll_interval": 0}, InvalidInput, "poll_interval"),
+    (text_to_video, {"prompt": "x", "poll_interval": float("inf")}, InvalidInput, "poll_interval"),
+    (text_to_video, {"prompt": "x", "timeout_seconds": 0}, InvalidInput, "timeout_seconds"),
+    (text_to_video, {"prompt": "x", "run_key": "../../etc/passwd"}, InvalidInput, "run_key"),
+    (text_to_video, {"prompt": "x", "run_key": "a b"}, InvalidInput, "run_key"),
+    (text_to_video, {"prompt": "x", "run_key": "k" * 65}, InvalidInput, "run_key"),
+    (text_to_video, {"prompt": "x", "output_dir": "<FILE>"}, InvalidInput, "output_dir"),
+    (continuation, {"prompts": []}, InvalidInput, "prompts"),
+    (continuation, {"prompts": "one long prompt"}, ParameterTypeError, "prompts"),
+    (continuation, {"prompts": ["ok", ""]}, InvalidInput, "prompts[1]"),
+    (continuation, {"prompts": ["ok", "fine", "   "]}, InvalidInput, "prompts[2]"),
+    (continuation, {"prompts": ["ok", "next"], "continuation_duration": 7}, InvalidInput, "continuation_duration"),
+    (continuation, {"prompts": ["ok", "next"], "continuation_mode": "turbo"}, InvalidInput, "continuation_mode"),
+    (continuation, {"prompts": ["ok"], "model": "kling-o1-i2v"}, InvalidInput, "model"),
+    (continuation, {"prompts": ["ok"], "aspect_ratio": "2:1"}, ValidationError, "aspect_ratio"),
+    (batch, {"prompts": ["x"], "file": "x.jsonl"}, BatchInputError, "exactly one"),
+    (batch, {}, BatchInputError, "exactly one"),
+    (batch, {"prompts": []}, BatchInputError, "empty"),
+    (batch, {"prompts": ["x"], "max_concurrency": 0}, InvalidInput, "max_concurrency"),
+    (batch, {"prompts": ["x"], "max_concurrency": 10**6}, InvalidInput, "max_concurrency"),
+    (batch, {"prompts": ["x"], "model": "kling-9"}, BatchInputError, "model"),
+    (batch, {"prompts": [{"prompt": "x", "duration": 99}]}, BatchInputError, "item 1: duration"),
+    (batch, {"prompts": ["ok", {"duration": 5}]}, BatchInputError, "item 2: prompt: missing"),
+    (batch, {"prompts": [{"prompt": "x", "model": "kling-9"}]}, BatchInputError, "item 1: model"),
+    (batch, {"prompts": [{"prompt": "x", "images": [URL]}]}, BatchInputError, "item 1: images"),
+]
+
+
+@pytest.mark.parametrize(("flow", "params", "error", "needle"), FLOW_CASES, ids=lambda v: getattr(v, "name", None))
+async def test_invalid_flow_parameters_fail_before_any_request(
+    prefect_server, vendor_env, tmp_path, flow, params, error, needle
+) -> None:
+    if params.get("output_dir") == "<FILE>":
+        (tmp_path / "a-file").write_text("not a directory")
+        params = {**params, "output_dir": str(tmp_path / "a-file")}
+    params = {"output_dir": str(tmp_path / "out"), **FAST, **params}
+    with pytest.raises(error) as caught:
+        await flow(**params)
+    assert needle in str(caught.value), str(caught.value)
+    assert "Traceback" not in str(caught.value)
+    assert vendor_env.stats().requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------------------------- batch files
+
+EIGHT = json.dumps({"prompt": "x", "model": "kling-o1-i2v", "action": "refer", "images": [URL] * 8})
+
+# (file name, content, text naming what is wrong)
+FILE_CASES: list[tuple[str, str | bytes, str]] = [
+    ("a.jsonl", '{"prompt": "ok"}\n{"prompt": "x",\n', "line 2: invalid JSON"),
+    ("a.jsonl", '{"duration": 5}\n', "line 1: prompt: missing"),
+    ("a.jsonl", '{"prompt": 5}\n', "line 1: prompt"),
+    ("a.jsonl", '{"prompt": null}\n', "line 1: prompt"),
+    ("a.jsonl", '{"prompt": ""}\n', "line 1: prompt"),
+    ("a.jsonl", '{"prompt": "x", "duration": "five"}\n', "line 1: duration"),
+    ("a.jsonl", '{"prompt": "x", "duration": 16}\n', "line 1: duration"),
+    ("a.jsonl", '{"prompt": "x", "model": "kling-9"}\n', "line 1: model"),
+    ("a.jsonl", EIGHT + "\n", "line 1: images"),
+    ("a.jsonl", '["prompt", "x"]\n', "line 1: expected an object"),
+    ("a.jsonl", "5\n", "line 1: expected an object"),
+    ("a.jsonl", '{"prompt": "x", "colour": "red"}\n', "line 1: colour"),
+    ("a.jsonl", '{"prompt": "x", "aspect_ratio": "4:3"}\n', "line 1: aspect_ratio"),
+    ("a.jsonl", '{"prompt": "x", "model": "kling-o1-i2v", "images": ["file:///etc/passwd"]}\n', "line 1: images"),
+    ("a.jsonl", json.dumps({"prompt": "x" * 2501}) + "\n", "line 1: prompt"),
+    ("a.jsonl", '{"prompt": "x", "model": "kling-2.6", "cfg_scale": NaN}\n', "line 1: cfg_scale"),
+    ("a.jsonl", "[" * 100_000 + "\n", "nested too deeply"),
+    ("a.jsonl", b'\xff\xfe{"prompt": "x"}\n', "not UTF-8"),
+    ("a.jsonl", "# only a comment\n\n", "empty"),
+    ("a.csv", "text,duration\nx,5\n", "'prompt' column"),
+    ("a.csv", "prompt,duration\nx,5,extra\n", "line 2: 1 more cell(s) than header"),
+    ("a.csv", "prompt,duration\nx,99\n", "line 2: duration"),
+    ("a.csv", "prompt,colour\nx,red\n", "line 2: colour"),
+    ("a.csv", "prompt,images,model\nx,[not json,kling-o1-i2v\n", "line 2: a cell is not valid JSON"),
+    ("a.csv", "prompt,prompt\nx,y\n", "duplicate column"),
+    ("a.csv", "prompt,duration\n,5\n", "line 2: prompt: missing"),
+    ("a.csv", "prompt,generate_audio,model\nx,maybe,kling-2.6\n", "line 2: generate_audio"),
+    ("a.csv", "prompt\n" + "x" * 200_000 + "\n", "not a readable CSV"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "needle"), FILE_CASES, ids=[f"{c[0]}-{c[2]}" for c in FILE_CASES])
+def test_invalid_batch_files_are_reported_by_line_and_field(tmp_path, name, content, needle) -> None:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(BatchInputError) as caught:
+        load_batch_items(file=str(path), default_model="kling-o3")
+    assert needle in str(caught.value), str(caught.value)
+
+
+def test_batch_file_problems_are_all_reported_together_and_unreadable_paths_are_named(tmp_path) -> None:
+    path = tmp_path / "three.jsonl"
+    path.write_text('{"prompt": ""}\n{"prompt": "ok"}\n{"duration": 5}\nnot json\n')
+    with pytest.raises(BatchInputError) as caught:
+        load_batch_items(file=str(path), default_model="kling-o3")
+    assert [p.split(":")[0] for p in caught.value.problems] == ["line 1", "line 3", "line 4"]
+    with pytest.raises(BatchInputError, match="no such file"):
+        load_batch_items(file=str(tmp_path / "missing.jsonl"), default_model="kling-o3")
+    with pytest.raises(BatchInputError, match="not a regular file"):
+        load_batch_items(file=str(tmp_path), default_model="kling-o3")
+    # A spreadsheet's byte-order mark is not an error.
+    (tmp_path / "bom.csv").write_text("\ufeffprompt,duration\nA fox,5\n", encoding="utf-8")
+    assert load_batch_items(file=str(tmp_path / "bom.csv"), default_model="kling-o3")[0].request.duration == 5
+
+
+# --------------------------------------------------------------------------------------------- request models
+
+MODEL_CASES: list[tuple[type, dict[str, Any], str]] = [
+    (KlingO3TextToVideo, {"prompt": None}, "prompt"),
+    (KlingO3TextToVideo, {"prompt": "x", "duration": 5.5}, "duration"),
+    (Kling30TextToVideo, {"prompt": "x", "negative_prompt": 123}, "negative_prompt"),
+    (Kling26TextToVideo, {"prompt": "x", "aspect_ratio": None}, "aspect_ratio"),
+    (KlingO1ImageToVideo, {"prompt": "x", "images": URL}, "images"),
+    (KlingO1ImageToVideo, {"prompt": "x", "images": ["javascript:alert(1)"]}, "images.0"),
+    (KlingO1ImageToVideo, {"prompt": "x", "images": ["http://"]}, "images.0"),
+    (
+        KlingO1ImageToVideo,
+        {"prompt": "x", "action": "refer", "images": [URL], "elements": [{"frontal_image_url": "ftp://x/y.png"}]},
+        "elements.0.frontal_image_url",
+    ),
+]
+
+
+@pytest.mark.parametrize(("model", "kwargs", "field"), MODEL_CASES, ids=lambda v: getattr(v, "__name__", None))
+def test_invalid_requests_not_covered_by_the_model_table(model, kwargs, field) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model(**kwargs)
+    assert field in {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}, caught.value
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+GOOD = '{"prompt": "fine"}\n'
+BAD = '{"prompt": "fine"}\n{"prompt": "x", "duration": 99}\n'
+
+# (arguments, extra environment, text naming what is wrong)
+CLI_CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
+    (("chain",), {}, "PROMPT"),
+    (("chain", ""), {}, "prompt"),
+    (("chain", "x", "--duration", "2"), {}, "duration"),
+    (("chain", "x", "--aspect-ratio", "4:3"), {}, "--aspect-ratio"),
+    (("chain", "x", "--model", "kling-9"), {}, "kling-9"),
+    (("chain", "x", "--model", "kling-o1-i2v"), {}, "model"),
+    (("chain", "x", "--max-cost", "-1"), {}, "--max-cost"),
+    (("chain", "a", "b", "c", "--max-cost", "0.5"), {}, "max_cost_usd"),
+    (("chain", "x", "y", "--continuation-duration", "7"), {}, "--continuation-duration"),
+    (("chain", "x", "--poll-interval", "0"), {}, "--poll-interval"),
+    (("chain", "x", "--run-key", "../../etc"), {}, "--run-key"),
+    (("chain", "x", "", "--model", "kling-o1"), {}, "prompts[1]"),
+    (("chain", "x" * 2501), {}, "prompt"),
+    (("chain", "x"), {"SHORTAPI_KEY": ""}, "SHORTAPI_KEY"),
+    (("chain", "x"), {"SHORTAPI_READ_TIMEOUT": "soon"}, "SHORTAPI_READ_TIMEOUT"),
+    (("chain", "x"), {"SHORTAPI_BASE_URL": "ftp://vendor"}, "SHORTAPI_BASE_URL"),
+    (("batch", "<DIR>/missing.jsonl"), {}, "no such file"),
+    (("batch", "<DIR>/bad.jsonl"), {}, "line 2: duration"),
+    (("batch", "<DIR>/good.jsonl", "--max-concurrency", "0"), {}, "--max-concurrency"),
+    (("estimate", "x", "--file", "<DIR>/good.jsonl"), {}, "not both"),
+    (("render",), {}, "invalid choice"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_outcomes(emulator_server, tmp_path_factory) -> dict[int, Any]:
+    """Every CLI case run as a user runs it (the console script, in parallel), then the vendor's request count."""
+    folder = tmp_path_factory.mktemp("cli-input")
+    (folder / "good.jsonl").write_text(GOOD)
+    (folder / "bad.jsonl").write_text(BAD)
+    emulator_server.clear_faults()
+    emulator_server.reset_stats()
+    base = {**os.environ, "SHORTAPI_KEY": TEST_KEY, "SHORTAPI_BASE_URL": emulator_server.base_url}
+
+    def run(case: tuple[tuple[str, ...], dict[str, str], str]) -> subprocess.CompletedProcess[str]:
+        args, env, _ = case
+        argv = [CLI, *(a.replace("<DIR>", str(folder)) for a in args)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**base, **env}, cwd=folder)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes: dict[Any, Any] = dict(enumerate(pool.map(run, CLI_CASES)))
+    outcomes["requests"] = emulator_server.stats().requests
+    return outcomes
+
+
+@pytest.mark.parametrize("index", range(len(CLI_CASES)), ids=[" ".join(c[0])[:40] for c in CLI_CASES])
+def test_invalid_cli_arguments_exit_nonzero_with_one_line(cli_outcomes, index) -> None:
+    args, _, needle = CLI_CASES[index]
+    done = cli_outcomes[index]
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode not in (0, None), (args, done.stdout, done.stderr)
+    assert len(lines) == 1 and needle in lines[0], (args, done.stderr)
+    assert lines[0].startswith("kling-prefect") and "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_no_bad_input_reached_the_vendor(cli_outcomes) -> None:
+    assert cli_outcomes["requests"] == 0
+
+
+def test_the_tables_are_large_and_spread() -> None:
+    flows = {case[0].name for case in FLOW_CASES}
+    assert flows == {"kling-text-to-video", "kling-continuation", "kling-batch"}
+    assert len(FLOW_CASES) + len(FILE_CASES) + len(MODEL_CASES) + len(CLI_CASES) >= 100
