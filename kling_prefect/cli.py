@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import re
@@ -166,6 +167,7 @@ class _Bar:
         self.enabled = enabled and (sys.stderr.isatty() or forced)
         self._progress: Any = None
         self._tasks: dict[str, Any] = {}
+        self._consoles: list[tuple[Any, Any]] = []
 
     def __enter__(self) -> _Bar:
         if self.enabled:
@@ -180,6 +182,15 @@ class _Bar:
                 console=Console(stderr=True),
             )
             self._progress.__enter__()
+            # Prefect's console handlers print through their own rich Console; while the bar is live, print
+            # through the bar's console instead, so log lines appear above the bar rather than through it.
+            from prefect.logging.handlers import PrefectConsoleHandler
+
+            loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+            for handler in {h for logger in loggers for h in getattr(logger, "handlers", ())}:
+                if isinstance(handler, PrefectConsoleHandler):
+                    self._consoles.append((handler, handler.console))
+                    handler.console = self._progress.console
         return self
 
     def __call__(self, event: Any) -> None:
@@ -190,6 +201,8 @@ class _Bar:
         self._progress.update(self._tasks[event.step], completed=event.fraction * 100, state=event.state)
 
     def __exit__(self, *exc: object) -> None:
+        for handler, console in self._consoles:
+            handler.console = console
         if self._progress is not None:
             self._progress.__exit__(None, None, None)
 
@@ -245,6 +258,20 @@ def _check_credentials(block: str | None) -> None:
         _fail(str(exc), EXIT_USAGE)
 
 
+def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The flow parameters every run command shares (see ``_add_run_options``)."""
+    return {
+        "run_key": args.run_key,
+        "max_cost_usd": float(args.max_cost) if args.max_cost is not None else None,
+        "output_dir": args.out,
+        "s3_bucket_block": args.s3_bucket_block,
+        "credentials_block": args.credentials_block,
+        "poll_interval": args.poll_interval,
+        "jobs_limit": args.jobs_limit,
+        "resubmit_uncertain": args.resubmit_uncertain,
+    }
+
+
 def cmd_chain(args: argparse.Namespace) -> int:
     from kling_prefect import flows
 
@@ -266,14 +293,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
             aspect_ratio=args.aspect_ratio,
             mode=args.mode,
             continuation_duration=args.continuation_duration,
-            run_key=args.run_key,
-            max_cost_usd=float(args.max_cost) if args.max_cost is not None else None,
-            output_dir=args.out,
-            s3_bucket_block=args.s3_bucket_block,
-            credentials_block=args.credentials_block,
-            poll_interval=args.poll_interval,
-            jobs_limit=args.jobs_limit,
-            resubmit_uncertain=args.resubmit_uncertain,
+            **_run_parameters(args),
         ),
         progress_enabled=not args.no_progress,
     )
@@ -293,15 +313,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             file=str(Path(args.file).resolve()),
             model=args.model,
             max_concurrency=args.max_concurrency,
-            run_key=args.run_key,
-            max_cost_usd=float(args.max_cost) if args.max_cost is not None else None,
-            output_dir=args.out,
-            s3_bucket_block=args.s3_bucket_block,
-            credentials_block=args.credentials_block,
-            poll_interval=args.poll_interval,
-            jobs_limit=args.jobs_limit,
             fail_on_error=False,
-            resubmit_uncertain=args.resubmit_uncertain,
+            **_run_parameters(args),
         ),
         progress_enabled=not args.no_progress,
     )
@@ -367,6 +380,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kling_prefect import flows
     from kling_prefect.emulator import Emulator
 
+    # Offline by design: Prefect's local server would otherwise log failed telemetry calls.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     run_key = time.strftime("demo-%Y%m%d-%H%M%S")
     out = Path(args.out) / run_key
     print(
