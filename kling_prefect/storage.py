@@ -32,7 +32,8 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-PRESIGNED_URL_SECONDS = 3600
+PRESIGNED_URL_SECONDS = 3600  # frames handed to the vendor: it fetches them within minutes
+LINK_URL_SECONDS = 7 * 24 * 3600  # links in run artifacts: SigV4's maximum, so a week-old summary still opens
 MAX_DATA_URI_BYTES = 10 * 1024 * 1024
 
 
@@ -145,7 +146,7 @@ class S3Store:
         relative = "/".join(p for p in (self.prefix, key) if p)
         full_key = await self.bucket.aupload_from_path(str(local_path), relative)
         local_copy = await self.local.put(local_path, key) if self.local else None
-        url = await anyio.to_thread.run_sync(self.presign, full_key)
+        url = await anyio.to_thread.run_sync(self.presign, full_key, LINK_URL_SECONDS)
         return StoredObject(
             uri=f"s3://{self.bucket.bucket_name}/{full_key}",
             key=full_key,
@@ -156,8 +157,7 @@ class S3Store:
 
     async def public_url(self, local_path: str | os.PathLike[str], key: str) -> str:
         stored = await self.put(local_path, key)
-        assert stored.url is not None
-        return stored.url
+        return await anyio.to_thread.run_sync(self.presign, stored.key, PRESIGNED_URL_SECONDS)
 
 
 class StorageSpec(BaseModel):

@@ -9,6 +9,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import numpy as np
@@ -31,6 +32,14 @@ async def artifacts_of(state: Any) -> dict[str, Any]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
     return {a.key: a for a in found if a.key}
+
+
+def url_lifetime(url: str) -> float:
+    """Seconds a presigned URL stays valid (SigV4 ``X-Amz-Expires`` or SigV2 ``Expires`` timestamp)."""
+    query = parse_qs(urlsplit(url).query)
+    if "X-Amz-Expires" in query:
+        return float(query["X-Amz-Expires"][0])
+    return float(query["Expires"][0]) - time.time()
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,6 +126,9 @@ async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block,
     i2v = next(j for j in emulator.stats().jobs.values() if j.model.endswith("image-to-video"))
     frame_url = i2v.args["images"][0]
     assert frame_url.startswith(endpoint) and "Signature" in frame_url
+    # Frames live an hour (the vendor fetches them at once); links in the run's artifacts live a week.
+    assert 3500 <= url_lifetime(frame_url) <= 3600
+    assert 7 * 24 * 3600 - 100 <= url_lifetime(result.final.url) <= 7 * 24 * 3600
     s3.download_file(bucket, "kling/s3-run/final.mp4", str(tmp_path / "from-s3.mp4"))
     assert media.probe(tmp_path / "from-s3.mp4").frame_count == (3 + 5) * 24
     first_of_second = media.read_frame(tmp_path / "clip-02.mp4", "first")
