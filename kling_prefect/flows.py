@@ -5,11 +5,12 @@ Every flow validates all its parameters and requests and checks ``max_cost_usd``
 by default the flow run id, so Prefect flow retries resume too), stores outputs locally or in S3
 (``s3_bucket_block``), and leaves a summary, a table, links and thumbnails as artifacts.
 
-Recovery never pays twice: a step is tried again inside the run only when that cannot create a second job
-(the create was refused, or the job exists and is resumed), an undocumented job status is re-checked on the
-same job, and a create that may have been accepted (:class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`)
-is remembered in Prefect's result storage, so a flow retry or a re-run with the same ``run_key`` refuses to
-submit that step again until told to with ``resubmit_uncertain=True``.
+Recovery never pays twice: ``job/create`` is sent at most once per step and attempt (a refused create fails
+the step); a step is tried again inside the run only by resuming the job that exists; an undocumented job
+status is re-checked on the same job; and a create that may have been accepted
+(:class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`) is remembered in Prefect's result storage, so a
+flow retry or a re-run with the same ``run_key`` refuses to submit that step again until told to with
+``resubmit_uncertain=True``.
 
 ``jobs_limit`` names a Prefect global concurrency limit on jobs in flight across all workers (create it with
 ``kling-prefect setup``); ``create_rate_limit`` a rate limit on creates.
