@@ -24,15 +24,20 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import email.utils
 import inspect
 import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -61,6 +66,7 @@ from kling_prefect.exceptions import (
 )
 from kling_prefect.models import KlingRequest
 from kling_prefect.pricing import estimate_cost
+from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model
 
 logger = logging.getLogger("kling_prefect.client")
 
@@ -81,7 +87,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class CreatedJob:
-    """A job the vendor accepted: its id, what the vendor says it charged, and our estimate."""
+    """A job the vendor accepted: its id, what the vendor says it charged, and our estimate.
+
+    ``created_at`` is ``time.time()`` when the vendor's answer arrived (the job existed by then).
+    """
 
     job_id: str
     model: str
@@ -152,10 +161,18 @@ class RetryPolicy:
 class PollPolicy:
     """When to query a running job.
 
-    With an ``expected`` duration (seconds from creation), nothing is queried until ``first_check`` of it has
-    passed (the job cannot be done yet); then intervals shrink as the expected end nears, down to
-    ``min_interval``; past it they grow again slowly, up to ``max_interval``. Each interval gets +/-
-    ``jitter`` so many concurrent waits do not query in lockstep.
+    Two schedules:
+
+    - :meth:`learned_interval` (what :meth:`ShortAPIClient.wait_for_job` uses when given the job's ``kind``):
+      from what jobs of that kind took in this process (:mod:`kling_prefect.waiting`); geometric growth from
+      ``min_interval`` while nothing is known (the ``cold_*`` fields); ``late_budget``, ``max_skip`` and the
+      ``overdue_*`` fields shape it. ``min_interval`` is then the detection delay aimed at while completion is likely.
+    - :meth:`next_interval`, with an ``expected`` duration given by the caller (seconds from creation):
+      nothing is queried until ``first_check`` of it has passed (the job cannot be done yet); then intervals
+      shrink as the expected end nears, down to ``min_interval``; past it they grow again slowly, up to
+      ``max_interval``.
+
+    Each interval gets +/- ``jitter`` so many concurrent waits do not query in lockstep.
     """
 
     min_interval: float = 2.0
@@ -163,6 +180,70 @@ class PollPolicy:
     first_check: float = 0.8
     growth: float = 1.5
     jitter: float = 0.2
+    late_budget: float = 0.01
+    max_skip: float = 60.0
+    overdue_quantile: float = 0.995
+    overdue_growth: float = 0.1
+    cold_growth: float = 2.0
+    cold_max_interval: float = 20.0
+
+    @classmethod
+    def scaled(cls, min_interval: float, max_interval: float | None = None, **overrides: Any) -> PollPolicy:
+        """The default policy with every duration scaled so that its smallest interval is ``min_interval``.
+
+        ``max_interval`` defaults to 15x ``min_interval`` (30 s for 2 s), ``max_skip`` to 30x,
+        ``cold_max_interval`` to 10x.
+        """
+        if min_interval <= 0:
+            raise ValueError(f"min_interval: must be > 0, got {min_interval}")
+        factor = min_interval / cls.min_interval
+        values: dict[str, Any] = {
+            "min_interval": min_interval,
+            "max_interval": max(min_interval, max_interval if max_interval is not None else 15 * min_interval),
+            "max_skip": cls.max_skip * factor,
+            "cold_max_interval": cls.cold_max_interval * factor,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def learned_interval(
+        self,
+        since: float,
+        estimate: DurationEstimate | None,
+        previous: float | None,
+        rng: random.Random | None = None,
+    ) -> float:
+        """Seconds from ``since`` (elapsed since creation when the job was last seen pending) to the next query.
+
+        - No ``estimate``: ``min_interval``, then growing by ``cold_growth`` per query up to
+          ``cold_max_interval`` (and ``max_interval``): few queries early, and the first completion of a kind
+          is seen soon enough to tighten the schedule of the other jobs of that kind.
+        - With one: sleep while the job is unlikely to finish, so that the chance it finishes more than
+          ``min_interval`` before the next query stays under ``late_budget``, but never more than ``max_skip``
+          at once (what a wrong estimate can cost); ``min_interval`` while completion is likely; past the
+          ``overdue_quantile`` the estimate is wrong for this job and intervals grow by ``overdue_growth`` of
+          the overrun, up to ``max_interval``.
+
+        Jitter: +/- ``jitter`` on query intervals, downwards only on long sleeps (they never overshoot).
+        """
+        rng = rng or random
+        floor = self.min_interval
+        if estimate is None:
+            base = floor if previous is None else previous * self.cold_growth
+            base = min(max(base, floor), self.cold_max_interval, self.max_interval)
+            return max(0.0, base + rng.uniform(-base * self.jitter, base * self.jitter))
+        overdue_from = estimate.quantile(self.overdue_quantile)
+        if since >= overdue_from:
+            base = min(max(floor + self.overdue_growth * (since - overdue_from), floor), self.max_interval)
+            return max(0.0, base + rng.uniform(-base * self.jitter, base * self.jitter))
+        done = estimate.cdf(since)
+        # Completions before `late_by` would be seen more than `floor` late by a query at `late_by + floor`.
+        late_by = estimate.quantile(done + self.late_budget * (1 - done))
+        base = late_by + floor - since
+        if base <= floor:
+            return max(0.0, floor + rng.uniform(-floor * self.jitter, floor * self.jitter))
+        base = min(base, max(self.max_skip, floor))
+        return base * (1 - rng.uniform(0, self.jitter))
 
     def next_interval(
         self, elapsed: float, expected: float | None, previous: float | None, rng: random.Random | None = None
@@ -333,6 +414,91 @@ class _BearerAuth(httpx.Auth):
 StatusCallback = Callable[[Job], Awaitable[None] | None]
 
 
+# --------------------------------------------------------------------------------------------- shared pool
+
+#: Connection limits of API pools (creates and queries). Few connections on purpose: hundreds of waits make a
+#: few queries per second between them, and an httpx pool costs more CPU per request the more connections it
+#: juggles (measured here: ~1.6 ms a request with 8, ~3 ms with 32, ~6.4 ms with 100, 200 requests queued).
+POOL_LIMITS = httpx.Limits(max_connections=16, max_keepalive_connections=16, keepalive_expiry=30.0)
+#: Connection limits of download pools: results are streamed on their own connections, so a queue of large
+#: downloads never delays the queries that notice other jobs finishing.
+DOWNLOAD_POOL_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections=8, keepalive_expiry=30.0)
+
+PoolPurpose = Literal["api", "download"]
+
+
+@dataclass
+class _Pool:
+    loop: weakref.ReferenceType[asyncio.AbstractEventLoop]
+    client: httpx.AsyncClient
+    closer: Any = None
+    started: Any = None
+
+
+_pools: dict[tuple[int, str], _Pool] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_http_client(purpose: PoolPurpose = "api") -> httpx.AsyncClient:
+    """The process's ``httpx.AsyncClient`` for the running event loop: one connection pool per loop and purpose.
+
+    ``"api"`` is for creates and queries (:data:`POOL_LIMITS`), ``"download"`` for result files
+    (:data:`DOWNLOAD_POOL_LIMITS`). Clients given them (``ShortAPIClient(http_client=..., download_client=...)``)
+    share their connections and never close them. A pool is closed when its loop shuts down (``asyncio.run``,
+    ``anyio.run`` and Prefect's loops do) or at exit; a loop dropped without shutting down takes it along.
+    Call it inside a running asyncio loop; each loop gets its own pools (httpx connections belong to one loop).
+    """
+    if purpose not in ("api", "download"):
+        raise ValueError(f"purpose: 'api' or 'download', not {purpose!r}")
+    loop = asyncio.get_running_loop()
+    key = (id(loop), purpose)
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is not None and pool.loop() is loop and not pool.client.is_closed:
+            return pool.client
+        limits = POOL_LIMITS if purpose == "api" else DOWNLOAD_POOL_LIMITS
+        client = httpx.AsyncClient(limits=limits, follow_redirects=False)
+
+        def forget(_: object, key: tuple[int, str] = key, client: httpx.AsyncClient = client) -> None:
+            with _pools_lock:
+                if key in _pools and _pools[key].client is client:
+                    del _pools[key]
+
+        pool = _pools[key] = _Pool(loop=weakref.ref(loop, forget), client=client)
+    # An async generator parked at its `yield` is closed by the loop's shutdown_asyncgens(): its `finally`
+    # then closes the pool inside the loop that owns its connections.
+    pool.closer = _close_at_loop_shutdown(client)
+    pool.started = loop.create_task(pool.closer.__anext__())
+    return client
+
+
+async def _close_at_loop_shutdown(client: httpx.AsyncClient) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with _pools_lock:
+            for key, pool in list(_pools.items()):
+                if pool.client is client:
+                    del _pools[key]
+        await client.aclose()
+
+
+@atexit.register
+def _close_pools_at_exit() -> None:
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        loop = pool.loop()
+        if loop is None or loop.is_closed() or pool.client.is_closed:
+            continue
+        with contextlib.suppress(Exception):
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(pool.client.aclose(), loop).result(timeout=5)
+            else:
+                loop.run_until_complete(pool.client.aclose())
+
+
 # --------------------------------------------------------------------------------------------- client
 
 
@@ -345,7 +511,9 @@ class ShortAPIClient:
         connect_timeout / read_timeout: explicit per-request timeouts in seconds.
         retry: backoff for queries and downloads (never for creates).
         poll: query schedule of :meth:`wait_for_job`.
-        http_client: an ``httpx.AsyncClient`` to share (its pool is reused; it is not closed by this client).
+        http_client: an ``httpx.AsyncClient`` to share (its pool is reused; it is not closed by this client),
+            e.g. :func:`shared_http_client`.
+        download_client: the same for result downloads (default: ``http_client``, else the client's own pool).
     """
 
     def __init__(
@@ -358,6 +526,7 @@ class ShortAPIClient:
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
+        download_client: httpx.AsyncClient | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(ENV_KEY, "")
@@ -370,6 +539,7 @@ class ShortAPIClient:
         self.poll = poll or PollPolicy()
         self._http = http_client
         self._owns_http = http_client is None
+        self._download_http = download_client
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -379,11 +549,7 @@ class ShortAPIClient:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
-                follow_redirects=False,
-            )
+            self._http = httpx.AsyncClient(timeout=self.timeout, limits=POOL_LIMITS, follow_redirects=False)
         return self._http
 
     async def aclose(self) -> None:
@@ -421,6 +587,7 @@ class ShortAPIClient:
             ) from None
         except httpx.TransportError as exc:
             raise self._ambiguous(operation, sent_at, f"{type(exc).__name__} after the request was sent") from None
+        received_at = time.time()
 
         try:
             data = interpret_response(response, operation=operation, secret=self._key)
@@ -437,7 +604,9 @@ class ShortAPIClient:
             amount=_parse_amount(data.get("amount")),
             estimated_cost=estimate_cost(request),
             video_seconds=request.video_seconds,
-            created_at=sent_at,
+            # When the answer came: the job exists by then, and a request that queued for a pooled connection
+            # (hundreds of creates at once) must not make the job look older than it is to the wait's schedule.
+            created_at=received_at,
             raw=dict(data),
         )
 
@@ -463,7 +632,7 @@ class ShortAPIClient:
         async def attempt() -> Job:
             try:
                 response = await self._client().get(
-                    self.base_url + QUERY_PATH, params={"id": job_id}, auth=_BearerAuth(self._key)
+                    self.base_url + QUERY_PATH, params={"id": job_id}, auth=_BearerAuth(self._key), timeout=self.timeout
                 )
             except httpx.TransportError as exc:
                 raise VendorUnavailable(f"{operation}: {type(exc).__name__}", job_id=job_id) from None
@@ -495,6 +664,8 @@ class ShortAPIClient:
         expected_seconds: float | None = None,
         started_at: float | None = None,
         on_status_change: StatusCallback | None = None,
+        kind: JobKind | None = None,
+        durations: DurationModel | None = None,
     ) -> Job:
         """Poll until the job ends; return it when it succeeded.
 
@@ -502,68 +673,100 @@ class ShortAPIClient:
             timeout: overall deadline in seconds (``None``: wait forever). On expiry raises
                 :class:`JobTimedOut` carrying the job id, so the wait can be resumed.
             expected_seconds: how long the job should take from creation; no queries are made before most
-                of it has passed (see :class:`PollPolicy`).
+                of it has passed (see :meth:`PollPolicy.next_interval`).
             started_at: ``time.time()`` when the job was created, if known (for a resumed wait).
             on_status_change: called (sync or async) with each :class:`Job` whose state differs from the last.
+            kind: the job's :class:`~kling_prefect.waiting.JobKind`. With ``started_at`` and no
+                ``expected_seconds``, the schedule adapts to what ``durations`` (default: the process-wide
+                model) learned of that kind, and this job's duration is added to it when it succeeds
+                (see :meth:`PollPolicy.learned_interval`).
+            durations: the :class:`~kling_prefect.waiting.DurationModel` to learn from and into.
 
         Raises:
             JobFailed: status 3, with the vendor's message. UnknownJobStatus: a status outside 0-3, or success
             without a result URL. JobTimedOut: the deadline passed. AuthenticationFailed / JobNotFound.
         """
+        if kind is not None and started_at and expected_seconds is None:
+            return await self._wait_learned(
+                job_id,
+                timeout=timeout,
+                started_at=started_at,
+                on_status_change=on_status_change,
+                kind=kind,
+                durations=durations or default_duration_model(),
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         elapsed_offset = max(0.0, time.time() - started_at) if started_at else 0.0
         began = time.monotonic()
-        last: Job | None = None
+        watcher = _JobWatcher(job_id, on_status_change)
         interval: float | None = None
-        last_error: ShortAPIError | None = None
         while True:
             elapsed = time.monotonic() - began + elapsed_offset
             interval = self.poll.next_interval(elapsed, expected_seconds, interval, self._rng)
-            if last is None and expected_seconds is None:
+            if watcher.last is None and expected_seconds is None:
                 interval = 0.0  # first look at once when we know nothing
             if deadline is not None and time.monotonic() + interval > deadline:
                 interval = max(0.0, deadline - time.monotonic())
             await anyio.sleep(interval)
-            try:
-                job = await self.get_job(job_id, deadline=deadline)
-                last_error = None
-            except TransientError as exc:
-                last_error = exc  # keep waiting: the job runs on regardless of our connection
-                job = None
-            if job is not None:
-                if last is None or job.state != last.state or job.status != last.status:
-                    await _call(on_status_change, job)
-                last = job
-                if job.state == "succeeded":
-                    if not job.video_urls:
-                        raise UnknownJobStatus(
-                            "job succeeded but its result has no URL",
-                            job_id=job_id,
-                            status=job.status,
-                            raw=job.raw,
-                        )
+            job = await self._query_for_wait(job_id, deadline, watcher)
+            if job is not None and await watcher.seen(job):
+                return job
+            watcher.check_deadline(deadline, timeout)
+
+    async def _wait_learned(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None,
+        started_at: float,
+        on_status_change: StatusCallback | None,
+        kind: JobKind,
+        durations: DurationModel,
+    ) -> Job:
+        """:meth:`wait_for_job` on the schedule learned per job kind (see :meth:`PollPolicy.learned_interval`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        offset = time.time() - started_at
+        began = time.monotonic()
+
+        def elapsed() -> float:
+            return time.monotonic() - began + offset
+
+        watcher = _JobWatcher(job_id, on_status_change)
+        pending_at = 0.0  # elapsed time at which the job was last known pending (its creation, at first)
+        previous: float | None = None
+        not_before = 0.0
+        with durations.watch(kind) as news:
+            while True:
+                interval = self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
+                while True:
+                    wake = max(pending_at + interval, not_before)
+                    pause = wake - elapsed()
+                    if deadline is not None:
+                        pause = min(pause, deadline - time.monotonic())
+                    if pause <= 0:
+                        break
+                    if await news.wait(pause):  # another job of this kind ended: re-plan with what it taught
+                        interval = self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
+                asked_at = elapsed()
+                job = await self._query_for_wait(job_id, deadline, watcher)
+                previous = interval
+                if job is None:
+                    not_before = elapsed() + self.poll.min_interval  # the vendor is struggling: do not hammer it
+                elif await watcher.seen(job):
+                    durations.observe(kind, pending_at=pending_at, done_by=asked_at)
                     return job
-                if job.state == "failed":
-                    raise JobFailed(
-                        f"job failed at the vendor: {job.error or 'no reason given'}",
-                        job_id=job_id,
-                        raw=job.raw,
-                    )
-                if job.state == "unknown":
-                    raise UnknownJobStatus(
-                        f"job has status {job.status!r}, which is not documented; treated as terminal",
-                        job_id=job_id,
-                        status=job.status,
-                        raw=job.raw,
-                    )
-            if deadline is not None and time.monotonic() >= deadline:
-                state = last.state if last else "unknown"
-                why = f"; last error: {last_error.message}" if last_error else ""
-                raise JobTimedOut(
-                    f"job still {state} after {timeout:.0f} s{why}; wait on this job id again to resume",
-                    job_id=job_id,
-                    last_status=last.status if last else None,
-                )
+                else:
+                    pending_at = asked_at
+                watcher.check_deadline(deadline, timeout)
+
+    async def _query_for_wait(self, job_id: str, deadline: float | None, watcher: _JobWatcher) -> Job | None:
+        try:
+            job = await self.get_job(job_id, deadline=deadline)
+        except TransientError as exc:
+            watcher.last_error = exc  # keep waiting: the job runs on regardless of our connection
+            return None
+        watcher.last_error = None
+        return job
 
     # -- download
 
@@ -609,7 +812,8 @@ class ShortAPIClient:
         on_progress: Callable[[int, int | None], None] | None,
     ) -> None:
         try:
-            async with self._client().stream("GET", url) as response:
+            http = self._download_http or self._client()
+            async with http.stream("GET", url, timeout=self.timeout) as response:
                 if response.status_code in (403, 404, 410):
                     body = redact((await response.aread())[:RAW_LIMIT].decode("utf-8", "replace"), self._key)
                     raise ResultExpired(
@@ -658,6 +862,51 @@ async def _call(callback: StatusCallback | None, job: Job) -> None:
     outcome = callback(job)
     if inspect.isawaitable(outcome):
         await outcome
+
+
+class _JobWatcher:
+    """What a wait saw of one job: status changes reported, terminal states turned into results or errors."""
+
+    def __init__(self, job_id: str, on_status_change: StatusCallback | None) -> None:
+        self.job_id = job_id
+        self.on_status_change = on_status_change
+        self.last: Job | None = None
+        self.last_error: ShortAPIError | None = None
+
+    async def seen(self, job: Job) -> bool:
+        """Report ``job`` if its state changed; ``True`` when it succeeded, raise when it ended otherwise."""
+        last, self.last = self.last, job
+        if last is None or job.state != last.state or job.status != last.status:
+            await _call(self.on_status_change, job)
+        if job.state == "succeeded":
+            if not job.video_urls:
+                raise UnknownJobStatus(
+                    "job succeeded but its result has no URL", job_id=self.job_id, status=job.status, raw=job.raw
+                )
+            return True
+        if job.state == "failed":
+            raise JobFailed(
+                f"job failed at the vendor: {job.error or 'no reason given'}", job_id=self.job_id, raw=job.raw
+            )
+        if job.state == "unknown":
+            raise UnknownJobStatus(
+                f"job has status {job.status!r}, which is not documented; treated as terminal",
+                job_id=self.job_id,
+                status=job.status,
+                raw=job.raw,
+            )
+        return False
+
+    def check_deadline(self, deadline: float | None, timeout: float | None) -> None:
+        if deadline is None or time.monotonic() < deadline:
+            return
+        state = self.last.state if self.last else "unknown"
+        why = f"; last error: {self.last_error.message}" if self.last_error else ""
+        raise JobTimedOut(
+            f"job still {state} after {timeout:.0f} s{why}; wait on this job id again to resume",
+            job_id=self.job_id,
+            last_status=self.last.status if self.last else None,
+        )
 
 
 # --------------------------------------------------------------------------------------------- sync twin
@@ -729,4 +978,5 @@ __all__ = [
     "interpret_response",
     "job_from_data",
     "parse_retry_after",
+    "shared_http_client",
 ]

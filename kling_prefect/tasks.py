@@ -41,7 +41,7 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 
 from kling_prefect import media, progress
-from kling_prefect.client import Job, PollPolicy, ShortAPIClient
+from kling_prefect.client import Job, PollPolicy, ShortAPIClient, shared_http_client
 from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
@@ -54,6 +54,7 @@ from kling_prefect.models import (
     KlingRequest,
 )
 from kling_prefect.storage import StorageSpec, StoredObject, artifact_key, safe_key, safe_name
+from kling_prefect.waiting import JobKind, default_duration_model
 
 # --------------------------------------------------------------------------------------------- results
 
@@ -167,8 +168,17 @@ async def load_credentials(credentials_block: str | None) -> ShortAPICredentials
 
 
 async def open_client(credentials_block: str | None, poll: PollPolicy | None = None) -> ShortAPIClient:
+    """A client for a task, on the process's shared connection pools for this event loop (one for API calls,
+    one for downloads). Closing it (``async with``) leaves the pools open for the other tasks: see
+    :func:`~kling_prefect.client.shared_http_client`.
+    """
     credentials = await load_credentials(credentials_block)
-    return ShortAPIClient(**credentials.client_options(), poll=poll)
+    return ShortAPIClient(
+        **credentials.client_options(),
+        poll=poll,
+        http_client=shared_http_client("api"),
+        download_client=shared_http_client("download"),
+    )
 
 
 async def _retry_resumable(task: Any, task_run: Any, state: Any) -> bool:
@@ -235,6 +245,18 @@ async def submit_kling_job(
 _STATE_PROGRESS = {"queued": 5.0, "processing": 10.0, "succeeded": 100.0}
 
 
+def job_kind(job: SubmittedJob) -> JobKind:
+    """The :class:`~kling_prefect.waiting.JobKind` a submitted job's duration is learned under."""
+    return JobKind.from_args(job.model, job.args, job.video_seconds)
+
+
+def _creeping_percent(elapsed: float, expected: float | None) -> float:
+    """Progress of a running job between its status changes: towards 95%, along its expected duration."""
+    if expected and expected > 0:
+        return 10 + 85 * min(elapsed / expected, 1.0)
+    return 10 + 85 * elapsed / (elapsed + 60)
+
+
 @task(
     name="wait-for-kling-job",
     task_run_name="wait-{job.step}",
@@ -248,9 +270,15 @@ async def wait_for_kling_job(
     credentials_block: str | None = None,
     timeout: float = 3600.0,
     poll_interval: float = 2.0,
-    max_poll_interval: float = 30.0,
+    max_poll_interval: float | None = None,
 ) -> FinishedJob:
     """Wait until the job ends, keeping a progress artifact current; return it when it succeeded.
+
+    Queries follow :meth:`~kling_prefect.client.PollPolicy.learned_interval`: none while jobs of this kind
+    (model, mode, seconds, audio) seen in this process say it cannot be done yet, then every ``poll_interval``
+    seconds while it may be; before any such job was seen, intervals double from ``poll_interval`` up to 10x
+    it. ``max_poll_interval`` (default 15x ``poll_interval``) caps the intervals of a job long overdue. Every
+    wait in the process shares one HTTP pool (per event loop).
 
     Raises ``JobFailed`` (the vendor's message and the job id), ``UnknownJobStatus`` or ``JobTimedOut``.
     """
@@ -259,13 +287,16 @@ async def wait_for_kling_job(
     artifact_id = await acreate_progress_artifact(
         0.0, key=key, description=f"{job.model} job {job.job_id} ({job.step})"
     )
-    began = time.monotonic()
-    current = {"percent": 0.0, "state": "submitted"}
+    kind = job_kind(job)
+    durations = default_duration_model()
+    current = {"percent": 0.0, "state": "submitted", "shown": 0.0}
 
     async def report(percent: float, state: str) -> None:
         percent = max(current["percent"], min(percent, 100.0))
         current.update(percent=percent, state=state)
-        await aupdate_progress_artifact(artifact_id, percent)
+        if percent >= current["shown"] + 1 or percent >= 100:  # whole points only: each one is an API call
+            current["shown"] = percent
+            await aupdate_progress_artifact(artifact_id, percent)
         progress.emit(progress.ProgressEvent(job.run_key, job.step, state, percent / 100, job.job_id))
 
     async def on_status(update: Job) -> None:
@@ -275,19 +306,25 @@ async def wait_for_kling_job(
     async def tick() -> None:
         # Between status changes, creep towards 95% so a long job visibly moves.
         while True:
-            await anyio.sleep(max(1.0, poll_interval * 2))
-            if current["state"] == "processing":
-                elapsed = time.monotonic() - began
-                await report(10 + 85 * elapsed / (elapsed + 60), "processing")
+            await anyio.sleep(15 * poll_interval)  # 30 s by default: a progress bar, not a hot loop of API calls
+            if current["state"] in ("submitted", "queued", "processing"):
+                estimate = durations.estimate(kind)
+                elapsed = max(0.0, time.time() - job.created_at)
+                await report(_creeping_percent(elapsed, estimate.median if estimate else None), current["state"])
 
-    poll = PollPolicy(min_interval=poll_interval, max_interval=max(poll_interval, max_poll_interval))
+    poll = PollPolicy.scaled(poll_interval, max_poll_interval)
     client = await open_client(credentials_block, poll)
     failure: ShortAPIError | None = None
     async with client, anyio.create_task_group() as group:
         group.start_soon(tick)
         try:
             done = await client.wait_for_job(
-                job.job_id, timeout=timeout, started_at=job.created_at, on_status_change=on_status
+                job.job_id,
+                timeout=timeout,
+                started_at=job.created_at,
+                on_status_change=on_status,
+                kind=kind,
+                durations=durations,
             )
         except ShortAPIError as exc:
             failure = exc  # raised below, outside the task group, so callers see it unwrapped

@@ -1,0 +1,363 @@
+"""Adaptive waiting: the learned duration model, the query schedule built on it (deterministic, seeded), the
+shared HTTP pool, learning during real waits against the emulator, and a smoke run of the benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from kling_prefect import KlingO1TextToVideo, KlingO3TextToVideo, ShortAPIClient
+from kling_prefect.client import PollPolicy, shared_http_client
+from kling_prefect.emulator import Emulator
+from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model
+
+from .conftest import TEST_KEY
+
+O3 = "kwaivgi/kling-o3/text-to-video"
+KIND = JobKind(O3, "std", 5)
+BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_waiting.py"
+
+
+def queries_until(policy: PollPolicy, done_at: float, estimate: DurationEstimate | None, seed: int = 0):
+    """Walk the schedule of one job that completes ``done_at`` s after creation: (queries, detection delay)."""
+    rng = random.Random(seed)
+    pending_at, previous, queries = 0.0, None, 0
+    while True:
+        interval = policy.learned_interval(pending_at, estimate, previous, rng)
+        asked_at = pending_at + interval
+        queries += 1
+        if asked_at >= done_at:
+            return queries, asked_at - done_at
+        pending_at, previous = asked_at, interval
+        assert queries < 10_000
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def test_without_knowledge_intervals_grow_geometrically_to_the_cap() -> None:
+    policy = PollPolicy(min_interval=2, cold_growth=1.5, cold_max_interval=30, jitter=0)
+    intervals, previous = [], None
+    for _ in range(10):
+        previous = policy.learned_interval(0, None, previous)
+        intervals.append(previous)
+    assert intervals[:4] == [2, 3, 4.5, 6.75]
+    assert intervals[-1] == 30 and max(intervals) == 30
+    assert [PollPolicy(jitter=0).learned_interval(0, None, p) for p in (None, 2, 8, 16)] == [2, 4, 16, 20]
+
+
+def test_learned_schedule_skips_while_the_job_cannot_be_done_then_tightens() -> None:
+    policy = PollPolicy(min_interval=2, max_interval=30, max_skip=1000, jitter=0)
+    estimate = DurationEstimate(median=100, sigma=0.1, observations=20)
+    first = policy.learned_interval(0, estimate, None)
+    # one sleep to where 1% of such jobs are done (plus the query interval): no queries before
+    assert first == pytest.approx(estimate.quantile(0.01) + 2)
+    # completion likely: about every min_interval (a little more, within the late budget)
+    for elapsed in (90, 95, 100, 105, 110):
+        assert 2 <= policy.learned_interval(elapsed, estimate, 2) < 2.5
+    overdue = estimate.quantile(policy.overdue_quantile)
+    assert policy.learned_interval(overdue + 50, estimate, 2) == pytest.approx(2 + 0.1 * 50)  # slowly growing
+    assert policy.learned_interval(overdue + 10_000, estimate, 2) == 30  # capped
+
+
+def test_a_skip_never_exceeds_max_skip() -> None:
+    policy = PollPolicy(min_interval=2, max_skip=60, jitter=0)
+    assert policy.learned_interval(0, DurationEstimate(median=1000, sigma=0.1, observations=5), None) == 60
+
+
+def test_jitter_spreads_queries_but_never_lengthens_a_skip() -> None:
+    policy = PollPolicy(min_interval=2, max_skip=1000, jitter=0.2)
+    estimate = DurationEstimate(median=100, sigma=0.1, observations=20)
+    rng = random.Random(3)
+    skips = [policy.learned_interval(0, estimate, None, rng) for _ in range(200)]
+    exact = estimate.quantile(0.01) + 2
+    assert max(skips) <= exact and min(skips) >= exact * 0.8 and len(set(skips)) > 150
+    near = [policy.learned_interval(98, estimate, 2, rng) for _ in range(200)]
+    assert 1.6 <= min(near) < 2 < max(near) <= 2.5 * 1.2
+
+
+@pytest.mark.parametrize("truth", [5.0, 30.0, 60.0])
+def test_a_wrong_expectation_costs_at_most_a_bounded_delay(truth: float) -> None:
+    # The model believes 300 s; this vendor finishes in `truth` s. Detection comes at most max_skip late.
+    policy = PollPolicy(min_interval=2, max_skip=60)
+    wrong = DurationEstimate(median=300, sigma=0.05, observations=50)
+    for seed in range(20):
+        _, delay = queries_until(policy, truth, wrong, seed)
+        assert delay <= policy.max_skip + policy.min_interval
+
+
+def test_a_much_slower_job_than_expected_is_polled_ever_less_often() -> None:
+    policy = PollPolicy(min_interval=2, max_interval=30)
+    estimate = DurationEstimate(median=100, sigma=0.1, observations=20)
+    queries, delay = queries_until(policy, 3600, estimate, seed=1)
+    assert queries < 200 and delay <= 30 * 1.2  # an hour-long straggler: ~2 queries a minute, not 30
+
+
+def test_knowledge_cuts_queries_and_keeps_detection_within_seconds() -> None:
+    policy = PollPolicy(min_interval=2)
+    truth = DurationEstimate(median=120, sigma=0.08, observations=0)
+    rng = random.Random(5)
+    durations = [truth.quantile(rng.random()) for _ in range(300)]
+    learned = DurationEstimate(median=120, sigma=0.1, observations=30)
+    cold = [queries_until(policy, d, None, i) for i, d in enumerate(durations)]
+    warm = [queries_until(policy, d, learned, i) for i, d in enumerate(durations)]
+    plain = sum(math.ceil(d / 5) for d in durations)  # the vendor's loop: every 5 s
+
+    def p95(results: list[tuple[int, float]]) -> float:
+        return sorted(d for _, d in results)[int(0.95 * len(results))]
+
+    assert sum(q for q, _ in warm) < 0.6 * plain
+    assert p95(warm) < 3  # seen within seconds
+    assert p95(cold) > 10  # without knowledge, long waits have long intervals
+
+
+def test_scaled_policy() -> None:
+    policy = PollPolicy.scaled(0.2)
+    assert (policy.min_interval, policy.max_interval, policy.max_skip, policy.cold_max_interval) == (
+        0.2,
+        pytest.approx(3.0),
+        pytest.approx(6.0),
+        pytest.approx(2.0),
+    )
+    assert PollPolicy.scaled(2.0, 10).max_interval == 10
+    assert PollPolicy.scaled(2.0) == PollPolicy()
+    with pytest.raises(ValueError):
+        PollPolicy.scaled(0)
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def test_model_learns_the_midpoint_and_narrows_with_evidence() -> None:
+    model = DurationModel()
+    assert model.estimate(KIND) is None
+    assert model.observe(KIND, pending_at=88, done_by=92)
+    one = model.estimate(KIND)
+    assert one is not None and one.median == pytest.approx(90) and one.observations == 1
+    rng = random.Random(1)
+    for _ in range(40):
+        true = 90 * math.exp(rng.gauss(0, 0.05))
+        model.observe(KIND, pending_at=true - rng.uniform(0, 2), done_by=true + rng.uniform(0, 2))
+    many = model.estimate(KIND)
+    assert many is not None and many.sigma < one.sigma and 0.03 < many.sigma < 0.12
+    assert many.median == pytest.approx(90, rel=0.05)
+    assert model.estimate(JobKind(O3, "pro", 5)) is None  # kinds are learned separately
+
+
+def test_model_is_robust_to_outliers_and_ignores_vague_observations() -> None:
+    model = DurationModel()
+    for _ in range(20):
+        model.observe(KIND, pending_at=99, done_by=101)
+    model.observe(KIND, pending_at=1999, done_by=2001)  # a job stuck in the vendor's queue
+    estimate = model.estimate(KIND)
+    assert estimate is not None and estimate.median == pytest.approx(100, rel=0.01) and estimate.sigma < 0.1
+    assert not model.observe(KIND, pending_at=0, done_by=100)  # first query already done: says little
+    assert not model.observe(KIND, pending_at=50, done_by=40)
+    assert model.estimate(KIND).observations == 21
+
+
+def test_model_keeps_a_window_of_recent_jobs() -> None:
+    model = DurationModel(window=10)
+    for _ in range(10):
+        model.observe(KIND, pending_at=99, done_by=101)
+    for _ in range(10):
+        model.observe(KIND, pending_at=199, done_by=201)  # the vendor slowed down
+    assert model.estimate(KIND).median == pytest.approx(200, rel=0.01)
+
+
+def test_job_kind_fills_the_models_defaults() -> None:
+    assert JobKind.from_args(O3, {"prompt": "x"}) == JobKind(O3, "pro", 5, False)
+    assert JobKind.from_args(O3, {"prompt": "x", "mode": "std", "duration": 10, "sound": "on"}) == JobKind(
+        O3, "std", 10, True
+    )
+    assert JobKind.of(KlingO1TextToVideo(prompt="x", duration="10")) == JobKind(
+        "kwaivgi/kling-o1/text-to-video", "pro", 10, False
+    )
+    assert JobKind.from_args("vendor/unknown", {"duration": "7", "mode": "fast"}) == JobKind(
+        "vendor/unknown", "fast", 7, False
+    )
+
+
+async def test_watchers_are_woken_across_threads() -> None:
+    model = DurationModel()
+    with model.watch(KIND) as news:
+        assert not await news.wait(0.01)
+        threading.Thread(target=lambda: model.observe(KIND, pending_at=9, done_by=10)).start()
+        assert await news.wait(30)  # returns as soon as the other thread observed
+        assert not await news.wait(0)
+    with model.watch(JobKind(O3, "pro", 5)) as other:
+        model.observe(KIND, pending_at=9, done_by=10)
+        assert not await other.wait(0.01)
+
+
+# --------------------------------------------------------------------------------------------- pool
+
+
+def test_one_pool_per_event_loop_closed_with_its_loop() -> None:
+    async def grab():
+        first, second = shared_http_client(), shared_http_client()
+        assert first is second
+        async with ShortAPIClient(api_key=TEST_KEY, http_client=first) as client:
+            assert client._client() is first
+        assert not first.is_closed  # a client given the pool does not close it
+        return first
+
+    seen: dict[int, object] = {}
+
+    def in_thread(index: int) -> None:
+        seen[index] = asyncio.run(grab())
+
+    threads = [threading.Thread(target=in_thread, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    pools = [*seen.values(), asyncio.run(grab())]
+    assert len({id(p) for p in pools}) == 4
+    assert all(p.is_closed for p in pools)  # closed by each loop's shutdown
+
+
+async def test_task_clients_share_the_pool(monkeypatch) -> None:
+    from kling_prefect.tasks import open_client
+
+    monkeypatch.setenv("SHORTAPI_KEY", TEST_KEY)
+    first, second = await open_client(None), await open_client(None)
+    async with first, second:
+        assert first._client() is second._client() is shared_http_client("api")
+        assert first._download_http is second._download_http is shared_http_client("download")
+        assert shared_http_client("api") is not shared_http_client("download")
+    assert not shared_http_client().is_closed and not shared_http_client("download").is_closed
+
+
+# --------------------------------------------------------------------------------------------- real waits
+
+
+async def test_waits_learn_and_then_skip_queries() -> None:
+    request = KlingO3TextToVideo(prompt="A kite", duration=5, mode="std")
+    kind = JobKind.of(request)
+    model = DurationModel()
+    policy = PollPolicy.scaled(0.05)
+    with Emulator(time_scale=0.002, job_time=lambda model_id, args: 250.0) as emu:  # every job takes 0.5 s
+        async with ShortAPIClient(api_key=TEST_KEY, base_url=emu.base_url, poll=policy) as client:
+
+            async def one() -> int:
+                created = await client.create_job(request)
+                await client.wait_for_job(
+                    created.job_id, timeout=30, started_at=created.created_at, kind=kind, durations=model
+                )
+                return emu.stats().jobs[created.job_id].queries
+
+            cold = await one()
+            learned = model.estimate(kind)
+            assert learned is not None and learned.observations == 1 and 0.35 < learned.median < 0.75
+            await asyncio.gather(*(one() for _ in range(19)))
+            warm = await one()
+    assert model.estimate(kind).observations >= 15
+    assert warm < cold
+
+
+async def test_a_batch_of_waits_shares_what_the_first_completion_taught() -> None:
+    request = KlingO3TextToVideo(prompt="A kite", duration=5, mode="std")
+    kind = JobKind.of(request)
+    model = DurationModel()
+    with Emulator(time_scale=0.004, job_time=lambda model_id, args: 250.0) as emu:
+        async with ShortAPIClient(api_key=TEST_KEY, base_url=emu.base_url, poll=PollPolicy.scaled(0.05)) as client:
+            created = [await client.create_job(request) for _ in range(20)]
+            await asyncio.gather(
+                *(
+                    client.wait_for_job(c.job_id, timeout=30, started_at=c.created_at, kind=kind, durations=model)
+                    for c in created
+                )
+            )
+        stats = emu.stats()
+    assert model.estimate(kind).observations >= 1
+    assert all(job.first_terminal_seen_at is not None for job in stats.jobs.values())
+    assert stats.connections <= 32  # one pool: connections reused
+
+
+def test_default_model_is_process_wide() -> None:
+    assert default_duration_model() is default_duration_model()
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+
+
+def test_benchmark_smoke(tmp_path) -> None:
+    """The benchmark runs end to end with a few jobs (ways a and b, and a small streaming case)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHORTAPI_"))}
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARK),
+            "--jobs",
+            "4",
+            "--ways",
+            "a,b",
+            "--time-scale",
+            "0.01",
+            "--scaling",
+            "",
+            "--stream-mb",
+            "32",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for metric in ("wall/ideal", "queries/job", "detect p50", "detect p95", "peak MB", "CPU s", "RSS growth"):
+        assert metric in result.stdout, result.stdout
+
+
+def _simulate_batch(policy: PollPolicy, model: DurationModel, durations: list[float], seed: int) -> list[int]:
+    """Queries per job of a batch of waits started together, sharing ``model`` (an event simulation)."""
+    rng = random.Random(seed)
+    state = [{"pending_at": 0.0, "previous": None, "queries": 0, "version": 0} for _ in durations]
+    heap: list[tuple[float, int, int]] = []
+
+    def plan(index: int, now: float) -> None:
+        job = state[index]
+        interval = policy.learned_interval(job["pending_at"], model.estimate(KIND), job["previous"], rng)
+        job["version"] += 1
+        job["next"], job["interval"] = max(now, job["pending_at"] + interval), interval
+        heapq.heappush(heap, (job["next"], job["version"], index))
+
+    for index in range(len(durations)):
+        plan(index, 0.0)
+    done: set[int] = set()
+    while heap:
+        now, version, index = heapq.heappop(heap)
+        job = state[index]
+        if index in done or version != job["version"]:
+            continue
+        job["queries"] += 1
+        if now >= durations[index]:
+            done.add(index)
+            if model.observe(KIND, pending_at=job["pending_at"], done_by=now):
+                for other in range(len(durations)):
+                    if other not in done:
+                        plan(other, now)  # woken: re-plan with the new knowledge
+        else:
+            job["pending_at"], job["previous"] = now, job["interval"]
+            plan(index, now)
+    return [job["queries"] for job in state]
+
+
+def test_a_second_batch_in_the_same_process_costs_fewer_queries() -> None:
+    rng = random.Random(2)
+    model, policy = DurationModel(), PollPolicy()
+    first = _simulate_batch(policy, model, [90 * math.exp(rng.gauss(0, 0.08)) for _ in range(50)], seed=1)
+    second = _simulate_batch(policy, model, [90 * math.exp(rng.gauss(0, 0.08)) for _ in range(50)], seed=2)
+    assert sum(second) < 0.8 * sum(first)
