@@ -75,6 +75,7 @@ QUERY_PATH = "/api/v1/job/query"
 RAW_LIMIT = 4000  # characters of a non-JSON body kept on an error
 DEFAULT_MAX_DOWNLOAD_BYTES = 8 * 1024**3
 CHUNK = 1024 * 1024
+MAX_PLAUSIBLE_AMOUNT = Decimal(100_000)  # USD for one job; anything above is a malformed answer, not a charge
 
 JobState = Literal["queued", "processing", "succeeded", "failed", "unknown"]
 _STATES: dict[int, JobState] = {0: "queued", 1: "processing", 2: "succeeded", 3: "failed"}
@@ -388,10 +389,16 @@ def job_from_data(job_id: str, data: Mapping[str, Any]) -> Job:
 
 
 def _parse_amount(value: Any) -> Decimal | None:
+    """The vendor's ``amount`` as a Decimal, or ``None`` when absent or not a plausible, finite charge."""
+    if value in (None, "") or isinstance(value, bool):
+        return None
     try:
-        return Decimal(str(value)) if value not in (None, "") else None
+        amount = Decimal(str(value))
     except InvalidOperation:
         return None
+    if not amount.is_finite() or amount < 0 or amount > MAX_PLAUSIBLE_AMOUNT:
+        return None
+    return amount
 
 
 # --------------------------------------------------------------------------------------------- auth

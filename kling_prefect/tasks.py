@@ -44,7 +44,7 @@ from kling_prefect import media, progress
 from kling_prefect.client import Job, PollPolicy, ShortAPIClient, shared_http_client
 from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
-from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
+from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError
 from kling_prefect.models import (
     Kling26TextToVideo,
     Kling30TextToVideo,
@@ -363,6 +363,8 @@ async def store_kling_video(
     store = await storage.open()
     work = Path(storage.directory)
     local = work / key
+    for stale in local.parent.glob(f".{local.name}.*.part"):  # left by a process killed mid-download
+        stale.unlink(missing_ok=True)
     client = await open_client(credentials_block)
     async with client:
         await client.download(job.video_urls[0], local, job_id=submitted.job_id)
@@ -439,7 +441,9 @@ async def generate_video(
             submitted = await state.aresult()
             try:
                 finished = await wait_for_kling_job(submitted, **wait_args)
-            except (JobFailed, UnknownJobStatus):
+            except JobFailed:
+                # Only a *failed* job is resubmitted: an undocumented status (UnknownJobStatus) may still turn
+                # into a success, so that job is reported, never paid for twice.
                 if not state.is_completed() or state.name != "Cached":
                     raise  # created and failed in this run: paying again is the user's decision
                 # The remembered job failed in an earlier attempt (a flow retry or a re-run with this run key):

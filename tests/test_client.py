@@ -321,3 +321,13 @@ def test_poll_schedule_waits_for_expected_time_then_tightens() -> None:
     assert poll.next_interval(96, 100, None) == 2
     assert poll.next_interval(200, 100, None) == 12  # overdue: slowly growing
     assert poll.next_interval(0, None, 4) == 6  # no expectation: geometric growth
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [("0.475", Decimal("0.475")), (1, Decimal(1)), ("NaN", None), ("-1", None), ("1e999999999", None), (True, None)],
+)
+def test_vendor_amount_is_parsed_only_when_plausible(amount, expected) -> None:
+    from kling_prefect.client import _parse_amount
+
+    assert _parse_amount(amount) == expected

@@ -222,3 +222,31 @@ async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(em
         )
     store = next(r for r in runs if r.name == "store-clip-01")
     assert store.run_count == 2
+
+
+async def test_user_flow_retry_never_pays_again_for_a_job_in_an_undocumented_status(emulator, tmp_path) -> None:
+    """generate_video used directly: a cached job that answered an undocumented status may still succeed, so a
+    flow retry must not submit the step again (only a *failed* job is resubmitted)."""
+    from prefect import flow
+
+    from kling_prefect import KlingO3TextToVideo
+    from kling_prefect.storage import StorageSpec
+    from kling_prefect.tasks import generate_video
+
+    @flow(retries=2, retry_delay_seconds=0)
+    async def user_flow() -> str:
+        clip = await generate_video(
+            KlingO3TextToVideo(prompt="Undocumented status", duration=3),
+            run_key="unknown-status",
+            storage=StorageSpec(directory=str(tmp_path)),
+            poll_interval=0.05,
+        )
+        return clip.video.uri
+
+    # Attempt 1 sees status 9 on its new job; attempt 2 (submission cached) sees it again on the same job;
+    # attempt 3 finds the job done.
+    emulator.inject("unknown_status", endpoint="query", times=2, status=9)
+    state = await user_flow(return_state=True)
+    assert state.is_completed(), state
+    assert emulator.stats().creates == 1  # every retry resumed the same job
+    assert media.probe(tmp_path / "clip.mp4").frame_count == 3 * 24
