@@ -18,8 +18,8 @@ result padded to ``--stream-mb`` MiB, reporting the process's peak RSS growth.
 
 Examples:
     ```bash
-    /tmp/venv/bin/python benchmarks/bench_waiting.py                     # defaults: 200 jobs, scale 0.5
-    /tmp/venv/bin/python benchmarks/bench_waiting.py --jobs 20 --ways a,b --scaling "" --stream-mb 64
+    ./dev python benchmarks/bench_waiting.py                     # defaults: 200 jobs, scale 0.5
+    ./dev python benchmarks/bench_waiting.py --jobs 20 --ways a,b --scaling "" --stream-mb 64
     ```
 """
 
