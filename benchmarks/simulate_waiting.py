@@ -12,8 +12,8 @@ the effect of the largest interval used before anything is learned (``cold_max_i
 
 Examples:
     ```bash
-    /tmp/venv/bin/python benchmarks/simulate_waiting.py
-    /tmp/venv/bin/python benchmarks/simulate_waiting.py --jobs 500 --sigmas 0.05,0.1 --min-interval 2.5
+    ./dev python benchmarks/simulate_waiting.py
+    ./dev python benchmarks/simulate_waiting.py --jobs 500 --sigmas 0.05,0.1 --min-interval 2.5
     ```
 """
 
