@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import heapq
 import math
 import random
 import statistics
@@ -34,7 +33,7 @@ from bench_waiting import MODEL, batch_items
 
 from kling_prefect.client import PollPolicy
 from kling_prefect.emulator import base_job_seconds
-from kling_prefect.waiting import DurationModel, JobKind
+from kling_prefect.waiting import DurationModel, JobKind, simulate_waits
 
 
 def make_batch(jobs: int, sigma: float, rng: random.Random) -> list[tuple[JobKind, float]]:
@@ -46,42 +45,11 @@ def make_batch(jobs: int, sigma: float, rng: random.Random) -> list[tuple[JobKin
 
 
 def simulate(policy: PollPolicy, model: DurationModel, batch: list[tuple[JobKind, float]], seed: int) -> dict[str, Any]:
-    """Queries and detection delays of ``batch`` (kind, duration), all created at time 0, sharing ``model``."""
-    rng = random.Random(seed)
-    state = [{"pending_at": 0.0, "previous": None, "queries": 0, "version": 0, "next": 0.0} for _ in batch]
-    heap: list[tuple[float, int, int]] = []
-
-    def plan(index: int, now: float) -> None:
-        job = state[index]
-        interval = policy.learned_interval(job["pending_at"], model.estimate(batch[index][0]), job["previous"], rng)
-        job["version"] += 1
-        job["interval"], job["next"] = interval, max(now, job["pending_at"] + interval)
-        heapq.heappush(heap, (job["next"], job["version"], index))
-
-    for index in range(len(batch)):
-        plan(index, 0.0)
-    delays: list[float] = []
-    done: set[int] = set()
-    while heap:
-        now, version, index = heapq.heappop(heap)
-        job = state[index]
-        if index in done or version != job["version"]:
-            continue
-        job["queries"] += 1
-        kind, duration = batch[index]
-        if now < duration:
-            job["pending_at"], job["previous"] = now, job["interval"]
-            plan(index, now)
-            continue
-        done.add(index)
-        delays.append(now - duration)
-        if model.observe(kind, pending_at=job["pending_at"], done_by=now):
-            for other in range(len(batch)):  # the doorbell: every waiting job of this kind re-plans
-                if other not in done and batch[other][0] == kind:
-                    plan(other, now)
-    delays.sort()
+    """Mean queries and detection delays of ``batch`` (kind, duration), all created at time 0, sharing ``model``."""
+    waits = simulate_waits(policy, model, batch, seed)
+    delays = sorted(w.delay for w in waits)
     return {
-        "queries": statistics.fmean(job["queries"] for job in state),
+        "queries": statistics.fmean(w.queries for w in waits),
         "p50": delays[len(delays) // 2],
         "p95": delays[int(0.95 * (len(delays) - 1))],
     }

@@ -31,15 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
+import random
 import statistics
 import threading
 from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from kling_prefect.client import PollPolicy
 
 _NORMAL = statistics.NormalDist()
 
@@ -265,4 +270,63 @@ def default_duration_model() -> DurationModel:
     return _default_model
 
 
-__all__ = ["DurationEstimate", "DurationModel", "JobKind", "default_duration_model"]
+@dataclass(frozen=True)
+class SimulatedWait:
+    """One job of :func:`simulate_waits`: how many queries it cost and how late its completion was seen."""
+
+    queries: int
+    delay: float
+
+
+def simulate_waits(
+    policy: PollPolicy, model: DurationModel, jobs: list[tuple[JobKind, float]], seed: int
+) -> list[SimulatedWait]:
+    """The query schedule on simulated time, for tests and ``benchmarks/simulate_waiting.py``: nothing sleeps.
+
+    ``jobs`` are (kind, duration) pairs, all created at time 0 and sharing ``model``; each wait follows
+    ``policy.learned_interval``, and a completion that teaches the model re-plans every waiting job of its
+    kind, as :func:`watch` does for real waits.
+    """
+    rng = random.Random(seed)
+    state: list[dict[str, Any]] = [{"pending_at": 0.0, "previous": None, "queries": 0, "version": 0} for _ in jobs]
+    delays = [0.0] * len(jobs)
+    heap: list[tuple[float, int, int]] = []
+
+    def plan(index: int, now: float) -> None:
+        job = state[index]
+        interval = policy.learned_interval(job["pending_at"], model.estimate(jobs[index][0]), job["previous"], rng)
+        job["version"] += 1
+        job["interval"] = interval
+        heapq.heappush(heap, (max(now, job["pending_at"] + interval), job["version"], index))
+
+    for index in range(len(jobs)):
+        plan(index, 0.0)
+    done: set[int] = set()
+    while heap:
+        now, version, index = heapq.heappop(heap)
+        job = state[index]
+        if index in done or version != job["version"]:
+            continue
+        job["queries"] += 1
+        kind, duration = jobs[index]
+        if now < duration:
+            job["pending_at"], job["previous"] = now, job["interval"]
+            plan(index, now)
+            continue
+        done.add(index)
+        delays[index] = now - duration
+        if model.observe(kind, pending_at=job["pending_at"], done_by=now):
+            for other in range(len(jobs)):
+                if other not in done and jobs[other][0] == kind:
+                    plan(other, now)
+    return [SimulatedWait(job["queries"], delay) for job, delay in zip(state, delays, strict=True)]
+
+
+__all__ = [
+    "DurationEstimate",
+    "DurationModel",
+    "JobKind",
+    "SimulatedWait",
+    "default_duration_model",
+    "simulate_waits",
+]

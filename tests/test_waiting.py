@@ -4,7 +4,6 @@ shared HTTP pool, learning during real waits against the emulator, and a smoke r
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import os
 import random
@@ -18,7 +17,7 @@ import pytest
 from kling_prefect import KlingO1TextToVideo, KlingO3TextToVideo, ShortAPIClient
 from kling_prefect.client import PollPolicy, shared_http_client
 from kling_prefect.emulator import Emulator
-from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model
+from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model, simulate_waits
 
 from .conftest import TEST_KEY
 
@@ -331,37 +330,8 @@ def test_benchmark_smoke(tmp_path) -> None:
 
 
 def _simulate_batch(policy: PollPolicy, model: DurationModel, durations: list[float], seed: int) -> list[int]:
-    """Queries per job of a batch of waits started together, sharing ``model`` (an event simulation)."""
-    rng = random.Random(seed)
-    state = [{"pending_at": 0.0, "previous": None, "queries": 0, "version": 0} for _ in durations]
-    heap: list[tuple[float, int, int]] = []
-
-    def plan(index: int, now: float) -> None:
-        job = state[index]
-        interval = policy.learned_interval(job["pending_at"], model.estimate(KIND), job["previous"], rng)
-        job["version"] += 1
-        job["next"], job["interval"] = max(now, job["pending_at"] + interval), interval
-        heapq.heappush(heap, (job["next"], job["version"], index))
-
-    for index in range(len(durations)):
-        plan(index, 0.0)
-    done: set[int] = set()
-    while heap:
-        now, version, index = heapq.heappop(heap)
-        job = state[index]
-        if index in done or version != job["version"]:
-            continue
-        job["queries"] += 1
-        if now >= durations[index]:
-            done.add(index)
-            if model.observe(KIND, pending_at=job["pending_at"], done_by=now):
-                for other in range(len(durations)):
-                    if other not in done:
-                        plan(other, now)  # woken: re-plan with the new knowledge
-        else:
-            job["pending_at"], job["previous"] = now, job["interval"]
-            plan(index, now)
-    return [job["queries"] for job in state]
+    """Queries per job of a batch of waits started together, sharing ``model``."""
+    return [wait.queries for wait in simulate_waits(policy, model, [(KIND, d) for d in durations], seed)]
 
 
 def test_a_second_batch_in_the_same_process_costs_fewer_queries() -> None:
