@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -24,8 +23,6 @@ from typing import Any, NoReturn
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-MIN_POLL_INTERVAL = 0.01  # the same floor as the flows' poll_interval
-MAX_CONCURRENCY = 1000
 DEMO_PROMPTS = [
     "A paper boat is set on a calm canal at sunrise, soft golden light, cinematic",
     "The paper boat drifts under an old stone bridge as ripples catch the light",
@@ -48,30 +45,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _flow_check(check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run one of the flows' own parameter checks while parsing arguments, failing as an argparse error."""
+    from kling_prefect.exceptions import InvalidInput
+
+    try:
+        check(*args, **kwargs)
+    except InvalidInput as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+
+
 def _concurrency(text: str) -> int:
+    from kling_prefect.flows import MAX_CONCURRENCY, check_number
+
     value = _positive_int(text)
-    if value > MAX_CONCURRENCY:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_CONCURRENCY}, got {value}")
+    _flow_check(check_number, "max_concurrency", value, minimum=1, maximum=MAX_CONCURRENCY)
     return value
 
 
 def _poll_seconds(text: str) -> float:
+    from kling_prefect.flows import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, check_number
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not math.isfinite(value) or not MIN_POLL_INTERVAL <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be from {MIN_POLL_INTERVAL} to 3600 seconds, got {text!r}")
+    _flow_check(check_number, "poll_interval", value, minimum=MIN_POLL_INTERVAL, maximum=MAX_POLL_INTERVAL)
     return value
 
 
 def _run_key(text: str) -> str:
-    from kling_prefect.storage import safe_name
+    from kling_prefect.flows import check_run_key
 
-    if not text or safe_name(text, max_length=64) != text:
-        raise argparse.ArgumentTypeError(
-            f"use 1 to 64 letters, digits, '.', '_' or '-', starting and ending with a letter or digit, got {text!r}"
-        )
+    _flow_check(check_run_key, text)
     return text
 
 
