@@ -146,7 +146,7 @@ class DurationModel:
         self._lock = threading.Lock()
         self._samples: dict[JobKind, deque[tuple[float, float]]] = {}
         self._cache: dict[JobKind, DurationEstimate | None] = {}
-        self._watchers: dict[JobKind, set[_Watch]] = {}
+        self._watchers: dict[JobKind, set[Doorbell]] = {}
 
     def observe(self, kind: JobKind, *, pending_at: float, done_by: float) -> bool:
         """Record a job of ``kind`` seen pending ``pending_at`` s and done ``done_by`` s after its creation.
@@ -211,12 +211,13 @@ class DurationModel:
             self._cache.clear()
 
     @contextlib.contextmanager
-    def watch(self, kind: JobKind) -> Iterator[_Watch]:
+    def watch(self, kind: JobKind, watch: Doorbell | None = None) -> Iterator[Doorbell]:
         """Be told (``await watch.wait(timeout)`` returns ``True``) when ``kind`` gets a new observation.
 
-        Works across event loops and threads; call inside a running asyncio loop.
+        Works across event loops and threads; call inside a running asyncio loop. Pass ``watch`` to ring a
+        doorbell the wait already listens on (e.g. one a callback receiver rings too).
         """
-        watch = _Watch()
+        watch = watch if watch is not None else Doorbell()
         with self._lock:
             self._watchers.setdefault(kind, set()).add(watch)
         try:
@@ -230,8 +231,12 @@ class DurationModel:
                         del self._watchers[kind]
 
 
-class _Watch:
-    """One waiter's doorbell: rung from any thread, heard in the loop that created it."""
+class Doorbell:
+    """One waiter's doorbell: rung from any thread, heard in the loop that created it.
+
+    :meth:`notify` says "re-plan" (something learned changed); :meth:`hint` says "query now" (a callback said
+    the job may have ended), which the wait reads with :meth:`take_hint`.
+    """
 
     def __init__(self) -> None:
         try:
@@ -240,6 +245,16 @@ class _Watch:
             self._loop = None
         self._event = asyncio.Event() if self._loop is not None else None
         self._rung = False
+        self._hinted = False
+
+    def hint(self) -> None:
+        self._hinted = True
+        self.notify()
+
+    def take_hint(self) -> bool:
+        """Whether a hint arrived since the last call (then cleared)."""
+        hinted, self._hinted = self._hinted, False
+        return hinted
 
     def notify(self) -> None:
         self._rung = True
@@ -322,7 +337,10 @@ def simulate_waits(
     return [SimulatedWait(job["queries"], delay) for job, delay in zip(state, delays, strict=True)]
 
 
+
+
 __all__ = [
+    "Doorbell",
     "DurationEstimate",
     "DurationModel",
     "JobKind",
