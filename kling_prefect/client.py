@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -66,7 +66,10 @@ from kling_prefect.exceptions import (
 )
 from kling_prefect.models import KlingRequest
 from kling_prefect.pricing import estimate_cost
-from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model
+from kling_prefect.waiting import Doorbell, DurationEstimate, DurationModel, JobKind, default_duration_model
+
+if TYPE_CHECKING:
+    from kling_prefect.callbacks import CallbackReceiver
 
 logger = logging.getLogger("kling_prefect.client")
 
@@ -91,6 +94,7 @@ class CreatedJob:
     """A job the vendor accepted: its id, what the vendor says it charged, and our estimate.
 
     ``created_at`` is ``time.time()`` when the vendor's answer arrived (the job existed by then).
+    ``callback_url`` is the URL the vendor was given (pass it to :meth:`ShortAPIClient.wait_for_job`).
     """
 
     job_id: str
@@ -100,6 +104,7 @@ class CreatedJob:
     video_seconds: int
     created_at: float
     raw: dict[str, Any] = field(repr=False, compare=False)
+    callback_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,10 @@ class PollPolicy:
       shrink as the expected end nears, down to ``min_interval``; past it they grow again slowly, up to
       ``max_interval``.
 
+    A wait whose job has a callback URL from a trusted :class:`~kling_prefect.callbacks.CallbackReceiver`
+    queries every ``callback_fallback`` seconds instead (:meth:`fallback_interval`), and at once when the
+    callback comes.
+
     Each interval gets +/- ``jitter`` so many concurrent waits do not query in lockstep.
     """
 
@@ -187,13 +196,14 @@ class PollPolicy:
     overdue_growth: float = 0.1
     cold_growth: float = 2.0
     cold_max_interval: float = 20.0
+    callback_fallback: float = 60.0
 
     @classmethod
     def scaled(cls, min_interval: float, max_interval: float | None = None, **overrides: Any) -> PollPolicy:
         """The default policy with every duration scaled so that its smallest interval is ``min_interval``.
 
-        ``max_interval`` defaults to 15x ``min_interval`` (30 s for 2 s), ``max_skip`` to 30x,
-        ``cold_max_interval`` to 10x.
+        ``max_interval`` defaults to 15x ``min_interval`` (30 s for 2 s), ``max_skip`` and
+        ``callback_fallback`` to 30x, ``cold_max_interval`` to 10x.
         """
         if min_interval <= 0:
             raise ValueError(f"min_interval: must be > 0, got {min_interval}")
@@ -203,6 +213,7 @@ class PollPolicy:
             "max_interval": max(min_interval, max_interval if max_interval is not None else 15 * min_interval),
             "max_skip": cls.max_skip * factor,
             "cold_max_interval": cls.cold_max_interval * factor,
+            "callback_fallback": cls.callback_fallback * factor,
         }
         values.update(overrides)
         return cls(**values)
@@ -245,6 +256,14 @@ class PollPolicy:
             return max(0.0, floor + rng.uniform(-floor * self.jitter, floor * self.jitter))
         base = min(base, max(self.max_skip, floor))
         return base * (1 - rng.uniform(0, self.jitter))
+
+    def fallback_interval(self, rng: random.Random | None = None) -> float:
+        """Seconds to the next query of a wait expecting a callback: ``callback_fallback``, jittered downwards.
+
+        These queries only catch a lost callback; the callback itself triggers the query that sees the end.
+        """
+        base = max(self.callback_fallback, self.min_interval)
+        return base * (1 - (rng or random).uniform(0, self.jitter))
 
     def next_interval(
         self, elapsed: float, expected: float | None, previous: float | None, rng: random.Random | None = None
@@ -433,6 +452,9 @@ DOWNLOAD_POOL_LIMITS = httpx.Limits(max_connections=8, max_keepalive_connections
 
 PoolPurpose = Literal["api", "download"]
 
+#: Queries at ``min_interval`` after a callback whose own query still saw the job pending.
+HINT_FOLLOW_UPS = 2
+
 
 @dataclass
 class _Pool:
@@ -521,6 +543,8 @@ class ShortAPIClient:
         http_client: an ``httpx.AsyncClient`` to share (its pool is reused; it is not closed by this client),
             e.g. :func:`shared_http_client`.
         download_client: the same for result downloads (default: ``http_client``, else the client's own pool).
+        callbacks: a started :class:`~kling_prefect.callbacks.CallbackReceiver`: each create without a
+            ``callback_url`` gets one of its URLs, and waits given that URL wake when the callback comes.
     """
 
     def __init__(
@@ -534,6 +558,7 @@ class ShortAPIClient:
         poll: PollPolicy | None = None,
         http_client: httpx.AsyncClient | None = None,
         download_client: httpx.AsyncClient | None = None,
+        callbacks: CallbackReceiver | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(ENV_KEY, "")
@@ -547,6 +572,7 @@ class ShortAPIClient:
         self._http = http_client
         self._owns_http = http_client is None
         self._download_http = download_client
+        self.callbacks = callbacks
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -576,9 +602,12 @@ class ShortAPIClient:
         """POST ``job/create`` once. Never retried: see :class:`JobMayHaveBeenCreated`.
 
         ``callback_url`` is passed through; the vendor POSTs there when the job ends (treat it only as a
-        hint to query the job again).
+        hint to query the job again). Without one, a client with ``callbacks`` sends a fresh URL of its
+        receiver (as ``CreatedJob.callback_url``).
         """
         body: dict[str, Any] = {"model": request.model_id, "args": request.to_args()}
+        if not callback_url and self.callbacks is not None:
+            callback_url = self.callbacks.new_url()
         if callback_url:
             body["callback_url"] = callback_url
         operation = f"job/create ({request.model_id})"
@@ -615,6 +644,7 @@ class ShortAPIClient:
             # (hundreds of creates at once) must not make the job look older than it is to the wait's schedule.
             created_at=received_at,
             raw=dict(data),
+            callback_url=callback_url or None,
         )
 
     @staticmethod
@@ -673,6 +703,7 @@ class ShortAPIClient:
         on_status_change: StatusCallback | None = None,
         kind: JobKind | None = None,
         durations: DurationModel | None = None,
+        callback_url: str | None = None,
     ) -> Job:
         """Poll until the job ends; return it when it succeeded.
 
@@ -688,20 +719,56 @@ class ShortAPIClient:
                 model) learned of that kind, and this job's duration is added to it when it succeeds
                 (see :meth:`PollPolicy.learned_interval`).
             durations: the :class:`~kling_prefect.waiting.DurationModel` to learn from and into.
+            callback_url: the job's callback URL (``CreatedJob.callback_url``). When it is one of this
+                client's ``callbacks`` receiver, the callback triggers a query at once and, while the receiver
+                is trusted, queries otherwise only come every ``PollPolicy.callback_fallback`` seconds.
 
         Raises:
             JobFailed: status 3, with the vendor's message. UnknownJobStatus: a status outside 0-3, or success
             without a result URL. JobTimedOut: the deadline passed. AuthenticationFailed / JobNotFound.
         """
-        if kind is not None and started_at and expected_seconds is None:
-            return await self._wait_learned(
-                job_id,
-                timeout=timeout,
-                started_at=started_at,
-                on_status_change=on_status_change,
-                kind=kind,
-                durations=durations or default_duration_model(),
-            )
+        doorbell = Doorbell()
+        callbacks = self.callbacks
+        with contextlib.ExitStack() as stack:
+            if callbacks is not None and not stack.enter_context(callbacks.subscribe(callback_url, doorbell)):
+                callbacks = None  # not one of our receiver's URLs: nothing will ring
+            if kind is not None and started_at and expected_seconds is None:
+                durations = durations or default_duration_model()
+                stack.enter_context(durations.watch(kind, doorbell))
+                job = await self._wait_learned(
+                    job_id,
+                    timeout=timeout,
+                    started_at=started_at,
+                    on_status_change=on_status_change,
+                    kind=kind,
+                    durations=durations,
+                    doorbell=doorbell,
+                    callbacks=callbacks,
+                )
+            else:
+                job = await self._wait_simple(
+                    job_id,
+                    timeout=timeout,
+                    expected_seconds=expected_seconds,
+                    started_at=started_at,
+                    on_status_change=on_status_change,
+                    doorbell=doorbell if callbacks is not None else None,
+                )
+            if callbacks is not None:
+                callbacks.job_ended(callback_url)
+            return job
+
+    async def _wait_simple(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None,
+        expected_seconds: float | None,
+        started_at: float | None,
+        on_status_change: StatusCallback | None,
+        doorbell: Doorbell | None,
+    ) -> Job:
+        """:meth:`wait_for_job` on :meth:`PollPolicy.next_interval` (a callback cuts a sleep short)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         elapsed_offset = max(0.0, time.time() - started_at) if started_at else 0.0
         began = time.monotonic()
@@ -714,7 +781,11 @@ class ShortAPIClient:
                 interval = 0.0  # first look at once when we know nothing
             if deadline is not None and time.monotonic() + interval > deadline:
                 interval = max(0.0, deadline - time.monotonic())
-            await anyio.sleep(interval)
+            if doorbell is None:
+                await anyio.sleep(interval)
+            else:
+                await doorbell.wait(interval)
+                doorbell.take_hint()
             job = await self._query_for_wait(job_id, deadline, watcher)
             if job is not None and await watcher.seen(job):
                 return job
@@ -729,8 +800,14 @@ class ShortAPIClient:
         on_status_change: StatusCallback | None,
         kind: JobKind,
         durations: DurationModel,
+        doorbell: Doorbell,
+        callbacks: CallbackReceiver | None,
     ) -> Job:
-        """:meth:`wait_for_job` on the schedule learned per job kind (see :meth:`PollPolicy.learned_interval`)."""
+        """:meth:`wait_for_job` on the schedule learned per job kind (see :meth:`PollPolicy.learned_interval`).
+
+        ``doorbell`` rings when another job of the kind taught ``durations`` something (re-plan) or, with a
+        hint, when the job's callback came (query now).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         offset = time.time() - started_at
         began = time.monotonic()
@@ -738,33 +815,55 @@ class ShortAPIClient:
         def elapsed() -> float:
             return time.monotonic() - began + offset
 
+        def plan() -> float:
+            if follow_ups:
+                return self.poll.min_interval
+            if callbacks is not None and callbacks.trusted:
+                return self.poll.fallback_interval(self._rng)
+            return self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
+
         watcher = _JobWatcher(job_id, on_status_change)
         pending_at = 0.0  # elapsed time at which the job was last known pending (its creation, at first)
         previous: float | None = None
         not_before = 0.0
-        with durations.watch(kind) as news:
+        hinted_at: float | None = None  # when the job's callback came
+        follow_ups = 0  # queries at min_interval after a callback whose query still saw the job pending
+        while True:
+            interval = plan()
+            if doorbell.take_hint():
+                hinted_at = elapsed()
+                interval = 0.0
             while True:
-                interval = self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
-                while True:
-                    wake = max(pending_at + interval, not_before)
-                    pause = wake - elapsed()
-                    if deadline is not None:
-                        pause = min(pause, deadline - time.monotonic())
-                    if pause <= 0:
-                        break
-                    if await news.wait(pause):  # another job of this kind ended: re-plan with what it taught
-                        interval = self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
-                asked_at = elapsed()
-                job = await self._query_for_wait(job_id, deadline, watcher)
+                wake = max(pending_at + interval, not_before)
+                pause = wake - elapsed()
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                if pause <= 0:
+                    break
+                if await doorbell.wait(pause):
+                    if doorbell.take_hint():  # the job's callback: query now (or as soon as allowed)
+                        hinted_at = elapsed()
+                        interval = 0.0
+                    elif interval > 0:  # another job of this kind ended: re-plan with what it taught
+                        interval = plan()
+            asked_at = elapsed()
+            job = await self._query_for_wait(job_id, deadline, watcher)
+            if interval > 0:
                 previous = interval
-                if job is None:
-                    not_before = elapsed() + self.poll.min_interval  # the vendor is struggling: do not hammer it
-                elif await watcher.seen(job):
-                    durations.observe(kind, pending_at=pending_at, done_by=asked_at)
-                    return job
-                else:
-                    pending_at = asked_at
-                watcher.check_deadline(deadline, timeout)
+            if job is None:
+                not_before = elapsed() + self.poll.min_interval  # the vendor is struggling: do not hammer it
+            elif await watcher.seen(job):
+                # The callback came within moments of the end: it dates the end better than the last query.
+                lower = pending_at if hinted_at is None else max(pending_at, hinted_at - self.poll.min_interval)
+                durations.observe(kind, pending_at=lower, done_by=asked_at if hinted_at is None else hinted_at)
+                return job
+            else:
+                pending_at = asked_at
+                # A callback the query does not bear out yet: the vendor's query may lag its callback (or the
+                # callback was for another status change), so look again twice at min_interval.
+                follow_ups = HINT_FOLLOW_UPS if interval == 0.0 else max(0, follow_ups - 1)
+                hinted_at = None
+            watcher.check_deadline(deadline, timeout)
 
     async def _query_for_wait(self, job_id: str, deadline: float | None, watcher: _JobWatcher) -> Job | None:
         try:

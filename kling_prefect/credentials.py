@@ -23,6 +23,8 @@ Examples:
     | ``SHORTAPI_RETRY_BASE_DELAY`` | ``retry_base_delay`` | 0.5 s |
     | ``SHORTAPI_RETRY_MAX_DELAY`` | ``retry_max_delay`` | 30 s |
     | ``SHORTAPI_MAX_RETRY_AFTER`` | ``max_retry_after`` | 300 s |
+    | ``SHORTAPI_CALLBACK_URL`` | ``callback_url`` | none (poll only) |
+    | ``SHORTAPI_CALLBACK_LISTEN`` | ``callback_listen`` | ``127.0.0.1:0`` |
 
     Retries apply to queries and downloads only: a ``job/create`` is never retried by the client (see
     :class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`).
@@ -40,11 +42,14 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
 if TYPE_CHECKING:
+    from kling_prefect.callbacks import CallbackReceiver
     from kling_prefect.client import RetryPolicy, ShortAPIClient, SyncShortAPIClient
 
 DEFAULT_BASE_URL = "https://api.shortapi.ai"
 ENV_KEY = "SHORTAPI_KEY"
 ENV_BASE_URL = "SHORTAPI_BASE_URL"
+ENV_CALLBACK_URL = "SHORTAPI_CALLBACK_URL"
+ENV_CALLBACK_LISTEN = "SHORTAPI_CALLBACK_LISTEN"
 
 # Optional tuning variables read by ``from_env``: variable -> (field, type).
 ENV_SETTINGS: dict[str, tuple[str, type]] = {
@@ -82,6 +87,9 @@ class ShortAPICredentials(CredentialsBlock):
         retry_attempts: attempts of a query or download on 429, 5xx, malformed bodies, resets and timeouts.
         retry_base_delay / retry_max_delay: capped exponential backoff with full jitter between attempts.
         max_retry_after: the longest ``Retry-After`` honoured, in seconds.
+        callback_url: where the vendor can reach this process's callback listener (``{port}``: the port
+            bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
+        callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
     """
 
     _block_type_name = "ShortAPI Credentials"
@@ -101,11 +109,31 @@ class ShortAPICredentials(CredentialsBlock):
     max_retry_after: float = Field(
         default=300.0, ge=0, allow_inf_nan=False, description="Longest server Retry-After honoured (s)."
     )
+    callback_url: str | None = Field(
+        default=None,
+        description="Public base URL of this process's callback listener ({port}: the bound port); unset: poll only.",
+    )
+    callback_listen: str = Field(default="127.0.0.1:0", description="host:port the callback listener binds.")
 
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         return check_base_url(value)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _check_callback_url(cls, value: str | None) -> str | None:
+        from kling_prefect.callbacks import check_public_url
+
+        return check_public_url(value) if value and value.strip() else None
+
+    @field_validator("callback_listen")
+    @classmethod
+    def _check_callback_listen(cls, value: str) -> str:
+        from kling_prefect.callbacks import parse_listen
+
+        parse_listen(value)
+        return value.strip()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ShortAPICredentials:
@@ -126,6 +154,19 @@ class ShortAPICredentials(CredentialsBlock):
                 settings["base_url"] = check_base_url(base_url)
             except ValueError as exc:
                 raise ValueError(f"{ENV_BASE_URL}: {exc}") from None
+        from kling_prefect.callbacks import check_public_url, parse_listen
+
+        for variable, name, check in (
+            (ENV_CALLBACK_URL, "callback_url", check_public_url),
+            (ENV_CALLBACK_LISTEN, "callback_listen", parse_listen),
+        ):
+            text = env.get(variable, "").strip()
+            if text:
+                try:
+                    check(text)
+                except ValueError as exc:  # "callback_url: why" -> "SHORTAPI_CALLBACK_URL: why"
+                    raise ValueError(f"{variable}: {str(exc).split(': ', 1)[-1]}") from None
+                settings[name] = text
         for variable, (name, kind) in ENV_SETTINGS.items():
             text = env.get(variable, "").strip()
             if not text:
@@ -157,17 +198,28 @@ class ShortAPICredentials(CredentialsBlock):
             "retry": self.retry_policy(),
         }
 
+    def callback_receiver(self) -> CallbackReceiver | None:
+        """The process's started receiver for ``callback_url`` (``None``: unset, or it cannot work here).
+
+        Binding and a self-test happen on the first call in a process (blocking, a few milliseconds).
+        """
+        if not self.callback_url:
+            return None
+        from kling_prefect.callbacks import callback_receiver
+
+        return callback_receiver(self.callback_url, self.callback_listen)
+
     def get_client(self) -> ShortAPIClient:
         """An async :class:`~kling_prefect.client.ShortAPIClient` configured from this block."""
         from kling_prefect.client import ShortAPIClient
 
-        return ShortAPIClient(**self.client_options())
+        return ShortAPIClient(**self.client_options(), callbacks=self.callback_receiver())
 
     def get_sync_client(self) -> SyncShortAPIClient:
         """The blocking twin, :class:`~kling_prefect.client.SyncShortAPIClient`."""
         from kling_prefect.client import SyncShortAPIClient
 
-        return SyncShortAPIClient(**self.client_options())
+        return SyncShortAPIClient(**self.client_options(), callbacks=self.callback_receiver())
 
 
 def _env_number(variable: str, text: str, kind: type) -> float | int:

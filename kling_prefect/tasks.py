@@ -72,6 +72,7 @@ class SubmittedJob:
     amount: Decimal | None
     video_seconds: int
     created_at: float
+    callback_url: str | None = None  # given to the vendor: the wait listens for it (see kling_prefect.callbacks)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ async def open_client(credentials_block: str | None, poll: PollPolicy | None = N
         poll=poll,
         http_client=shared_http_client("api"),
         download_client=shared_http_client("download"),
+        # Started once per process (binding and a self-test): off the event loop.
+        callbacks=await anyio.to_thread.run_sync(credentials.callback_receiver) if credentials.callback_url else None,
     )
 
 
@@ -239,6 +242,7 @@ async def submit_kling_job(
         amount=created.amount,
         video_seconds=created.video_seconds,
         created_at=created.created_at,
+        callback_url=created.callback_url,
     )
 
 
@@ -278,7 +282,9 @@ async def wait_for_kling_job(
     (model, mode, seconds, audio) seen in this process say it cannot be done yet, then every ``poll_interval``
     seconds while it may be; before any such job was seen, intervals double from ``poll_interval`` up to 10x
     it. ``max_poll_interval`` (default 15x ``poll_interval``) caps the intervals of a job long overdue. Every
-    wait in the process shares one HTTP pool (per event loop).
+    wait in the process shares one HTTP pool (per event loop). With callbacks configured on the credentials
+    (``callback_url``), the job's callback triggers the query that sees its end, and queries otherwise come
+    every 30x ``poll_interval`` only, to catch a lost callback (see :mod:`kling_prefect.callbacks`).
 
     Raises ``JobFailed`` (the vendor's message and the job id), ``UnknownJobStatus`` or ``JobTimedOut``.
     """
@@ -325,6 +331,7 @@ async def wait_for_kling_job(
                 on_status_change=on_status,
                 kind=kind,
                 durations=durations,
+                callback_url=job.callback_url,
             )
         except ShortAPIError as exc:
             failure = exc  # raised below, outside the task group, so callers see it unwrapped

@@ -531,6 +531,11 @@ class EmulatorApp:
         """POST ``{"job_id", "status"}`` to the job's callback URL once; errors are counted, not raised."""
         # At done_at or later by construction; max() guards against a timer firing a hair early.
         payload = {"job_id": job.job_id, "status": job.status_at(max(clock(), job.done_at))}
+        fault = self._faults.take("callback")
+        if fault is not None:
+            self._counters.faults_fired[fault.kind] = self._counters.faults_fired.get(fault.kind, 0) + 1
+            self._counters.callbacks_lost += 1
+            return
         try:
             await self._http_client().post(str(job.callback_url), json=payload, timeout=CALLBACK_TIMEOUT)
             self._counters.callbacks_sent += 1

@@ -12,9 +12,11 @@
 | ``unknown_status`` | query | ``status`` (7) | the job's status is reported as ``status`` |
 | ``truncate`` | download | ``fraction`` (0.5) | full headers, that fraction of the body, then the connection closes |
 | ``job_failure`` | create | ``message`` (see :data:`FAULT_KINDS`) | the next created jobs end with status 3 |
+| ``lost_callback`` | callback | - | a job's callback POST is not sent (the vendor lost it) |
 
 Request faults apply to the next ``times`` matching requests (``None``: no limit), each with
-``probability`` when given. ``job_failure`` counts created jobs instead of requests.
+``probability`` when given. ``job_failure`` counts created jobs instead of requests, ``lost_callback``
+callbacks due.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "unknown_status": FaultKind(frozenset({"query"}), {"status": 7}),
     "truncate": FaultKind(frozenset({"download"}), {"fraction": 0.5}),
     "job_failure": FaultKind(frozenset({"create"}), {"message": "video generation failed: content moderation"}),
+    "lost_callback": FaultKind(frozenset({"callback"}), {}),
 }
 
 

@@ -136,6 +136,7 @@ class Counters:
     renders: int = 0
     callbacks_sent: int = 0
     callbacks_failed: int = 0
+    callbacks_lost: int = 0
     by_model: dict[str, int] = field(default_factory=dict)
     faults_fired: dict[str, int] = field(default_factory=dict)
     responses: dict[str, int] = field(default_factory=dict)
@@ -153,6 +154,7 @@ class Stats:
     - ``renders``: clips rendered (each distinct result is rendered once, on its first download).
     - ``by_model``: jobs created per model id. ``billed``: the sum of ``amount`` over created jobs.
     - ``max_in_flight``: the most jobs ever created-and-not-terminal at once; ``in_flight``: right now.
+    - ``callbacks_sent`` / ``callbacks_failed`` (POST errors) / ``callbacks_lost`` (``lost_callback`` faults).
     - ``faults_fired``: per fault kind; ``responses``: per HTTP status (``"reset"`` for aborted connections).
     """
 
@@ -166,6 +168,7 @@ class Stats:
     renders: int
     callbacks_sent: int
     callbacks_failed: int
+    callbacks_lost: int
     by_model: dict[str, int]
     faults_fired: dict[str, int]
     responses: dict[str, int]

@@ -219,7 +219,8 @@ class Emulator:
     ) -> None:
         """Inject a fault for the next ``times`` matching requests (see :mod:`kling_prefect.emulator.faults`).
 
-        ``endpoint``: ``"any"``, ``"create"``, ``"query"`` or ``"download"``. ``probability``: each matching
+        ``endpoint``: ``"any"``, ``"create"``, ``"query"``, ``"download"`` or ``"callback"``
+        (``lost_callback`` only). ``probability``: each matching
         request is hit with that probability (``times=None``: no limit). ``params``: the kind's parameters.
         """
         app = self._require_app()
