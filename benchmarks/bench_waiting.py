@@ -2,19 +2,22 @@
 """Waiting on many Kling jobs: the vendor's plain loop, our client, our Prefect batch flow, on one emulator.
 
 Starts the bundled ShortAPI emulator (job times from its table x log-normal jitter x ``--time-scale``), then
-runs the same ``--jobs`` prompts three ways, each in its own fresh process:
+runs the same ``--jobs`` prompts several ways, each in its own fresh process:
 
 - ``a``: the loop of the vendor's documents: ``requests`` create, then a query every 5 s, then download (one
   thread per job, as a user would parallelise it).
 - ``b``: :class:`~kling_prefect.client.ShortAPIClient` alone: create, learned wait, download, check the MP4
   decodes, probe it and make a thumbnail (what the flow's store task does), all jobs concurrently.
 - ``c``: the :func:`~kling_prefect.flows.batch` flow on a local Prefect server, ``max_concurrency`` = jobs.
+- ``w``: ``b`` twice in one process, the second batch measured (what the learned schedule does warm).
+- ``bc`` / ``cc``: ``b`` / ``c`` with callbacks (``SHORTAPI_CALLBACK_URL`` set: a receiver on loopback that
+  the emulator POSTs to when each job ends); polling is then only a fallback for lost callbacks.
 
 For each way it prints the wall time against the ideal (the slowest job's create-to-done), queries per job,
 the delay from a job's completion to the first query that saw it (p50/p95, unscaled seconds), the process's
-peak RSS and its growth during the work, and its CPU seconds (the Prefect server's CPU separately). Then ``c``
-again at each ``--scaling`` size (per-job CPU and memory), and a streaming case: download and store one
-result padded to ``--stream-mb`` MiB, reporting the process's peak RSS growth.
+peak RSS and its growth during the work, and its CPU seconds (the Prefect server's CPU separately). Then the
+``--scaling-ways`` again at each ``--scaling`` size (per-job CPU and memory), and a streaming case: download
+and store one result padded to ``--stream-mb`` MiB, reporting the process's peak RSS growth.
 
 Examples:
     ```bash
@@ -46,6 +49,10 @@ from typing import Any
 MODEL = "kwaivgi/kling-o3/text-to-video"
 API_KEY = "bench-key-0123456789"
 RESULT_PREFIX = "BENCH-RESULT "
+#: The ways: a/b/c as in the docstring, w = b's second batch in one process, bc/cc = b/c with callbacks.
+WAYS = ("a", "b", "c", "w", "bc", "cc")
+CALLBACK_WAYS = ("bc", "cc")
+CALLBACK_URL = "http://127.0.0.1:{port}/bench-callbacks"  # the receiver binds 127.0.0.1, any free port
 PROMPTS = [
     "A red kite over golden dunes at sunset",
     "A lighthouse in a storm, waves breaking on the rocks",
@@ -261,24 +268,31 @@ def way_b(items: list[dict[str, Any]], base_url: str, scale: float, out: Path) -
 
     from kling_prefect import media
     from kling_prefect.client import PollPolicy, ShortAPIClient, shared_http_client
+    from kling_prefect.credentials import ShortAPICredentials
     from kling_prefect.models import request_model_for
     from kling_prefect.waiting import JobKind
 
     async def main() -> int:
         poll = PollPolicy.scaled(2.0 * scale)
+        credentials = ShortAPICredentials.from_env()  # SHORTAPI_CALLBACK_URL for way bc
         client = ShortAPIClient(
             api_key=API_KEY,
             base_url=base_url,
             poll=poll,
             http_client=shared_http_client("api"),
             download_client=shared_http_client("download"),
+            callbacks=credentials.callback_receiver(),
         )
 
         async def one(index: int, args: dict[str, Any]) -> bool:
             request = request_model_for(MODEL).model_validate(args)
             created = await client.create_job(request)
             job = await client.wait_for_job(
-                created.job_id, timeout=3600, started_at=created.created_at, kind=JobKind.of(request)
+                created.job_id,
+                timeout=3600,
+                started_at=created.created_at,
+                kind=JobKind.of(request),
+                callback_url=created.callback_url,
             )
             path = await client.download(job.video_url, out / f"item-{index}.mp4", job_id=job.job_id)
             if not await anyio.to_thread.run_sync(media.is_decodable_mp4, path):
@@ -367,19 +381,19 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "stream":
         print(RESULT_PREFIX + json.dumps(stream_case(base_url, out)), flush=True)
         return
-    way = {"a": way_a, "b": way_b, "c": way_c, "w": way_b}[args.child]
+    way = {"a": way_a, "b": way_b, "c": way_c, "w": way_b, "bc": way_b, "cc": way_c}[args.child]
     items = batch_items(args.jobs)
     if args.child == "w":  # warm: a first batch teaches the process; the second one is measured
         way_b(items, base_url, args.time_scale, out / "first")
     # Import everything the way needs before the baseline (the work, not the imports, is measured).
     if args.child == "a":
         import requests  # noqa: F401
-    elif args.child == "b":
+    elif args.child in ("b", "bc"):
         import kling_prefect.client
         import kling_prefect.media
     else:
         import kling_prefect.flows  # noqa: F401
-    if args.child in ("b", "c", "w"):
+    if args.child != "a":
         MEDIA.install()
     reset = reset_peak_rss()
     baseline, cpu0, t0 = rss_mb(), cpu_seconds(), time.monotonic()
@@ -582,32 +596,36 @@ def print_table(rows: list[dict[str, Any]], scale: float) -> None:
 
 def print_targets(rows: list[dict[str, Any]], jobs: int) -> None:
     by = {row["label"]: row for row in rows}
-    a, b, c = by.get(f"a@{jobs}"), by.get(f"b@{jobs}"), by.get(f"c@{jobs}")
+    a = by.get(f"a@{jobs}")
     checks: list[tuple[str, str, bool]] = []
-    if c:
+    # The flow ways, each against its client twin: c (polling) vs b, cc (callbacks) vs bc.
+    for flow_way, client_way in (("c", "b"), ("cc", "bc")):
+        c, b = by.get(f"{flow_way}@{jobs}"), by.get(f"{client_way}@{jobs}")
+        if not c:
+            continue
         ratio = c["wall_over_ideal"]
-        checks.append((f"(c) wall within 1.15x of ideal at {jobs} jobs", f"{ratio:.3f}x", ratio <= 1.15))
-        checks.append(("(c) detect p95 under 3 s (unscaled)", f"{c['detect_p95_s']:.2f} s", c["detect_p95_s"] < 3))
+        name = f"({flow_way})"
+        checks.append((f"{name} wall within 1.15x of ideal at {jobs} jobs", f"{ratio:.3f}x", ratio <= 1.15))
+        checks.append((f"{name} detect p95 under 3 s (unscaled)", f"{c['detect_p95_s']:.2f} s", c["detect_p95_s"] < 3))
         if a:
             share = c["queries_per_job"] / a["queries_per_job"]
-            checks.append(("(c) queries under a third of (a)'s", f"{share:.2f} of (a)", share < 1 / 3))
+            checks.append((f"{name} queries under a third of (a)'s", f"{share:.2f} of (a)", share < 1 / 3))
         if b:
             overhead = (c["wall_s"] - b["wall_s"]) / b["wall_s"]
-            checks.append(("Prefect overhead (c) vs (b) under 20% of wall", f"{overhead:+.1%}", overhead < 0.2))
-    if b and a:
-        share = b["queries_per_job"] / a["queries_per_job"]
-        checks.append(("(b) queries under a third of (a)'s (reference)", f"{share:.2f} of (a)", share < 1 / 3))
-    w = by.get(f"w@{jobs}")
-    if w and a:
-        share = w["queries_per_job"] / a["queries_per_job"]
-        checks.append(
-            ("(w) warm client: queries under a third of (a)'s (reference)", f"{share:.2f} of (a)", share < 1 / 3)
-        )
-        checks.append(
-            ("(w) warm client: detect p95 under 3 s (reference)", f"{w['detect_p95_s']:.2f} s", w["detect_p95_s"] < 3)
-        )
-    scaling = sorted((row for row in rows if row["way"] == "c"), key=lambda row: row["jobs"])
-    if len(scaling) >= 2:
+            checks.append(
+                (f"Prefect overhead {name} vs ({client_way}) under 20% of wall", f"{overhead:+.1%}", overhead < 0.2)
+            )
+    for reference in ("b", "bc", "w"):
+        row = by.get(f"{reference}@{jobs}")
+        if row and a:
+            share = row["queries_per_job"] / a["queries_per_job"]
+            p95 = row["detect_p95_s"]
+            checks.append((f"({reference}) queries under 1/3 of (a)'s (ref.)", f"{share:.2f} of (a)", share < 1 / 3))
+            checks.append((f"({reference}) detect p95 under 3 s (ref.)", f"{p95:.2f} s", p95 < 3))
+    for way in ("c", "cc"):
+        scaling = sorted((row for row in rows if row["way"] == way), key=lambda row: row["jobs"])
+        if len(scaling) < 2:
+            continue
         cpu = ", ".join(
             f"{row['jobs']}: {row['cpu_ms_per_job']:.0f} ({row['wait_cpu_ms_per_job']:.0f} without media)"
             for row in scaling
@@ -616,8 +634,8 @@ def print_targets(rows: list[dict[str, Any]], jobs: int) -> None:
         first, last = scaling[0], scaling[-1]
         flat_cpu = last["cpu_ms_per_job"] <= 1.25 * first["cpu_ms_per_job"]
         flat_mem = last["growth_kb_per_job"] <= 1.25 * first["growth_kb_per_job"]
-        checks.append(("(c) CPU ms per job flat across sizes", cpu, flat_cpu))
-        checks.append(("(c) RSS growth KB per job flat across sizes", mem, flat_mem))
+        checks.append((f"({way}) CPU ms per job flat across sizes", cpu, flat_cpu))
+        checks.append((f"({way}) RSS growth KB per job flat across sizes", mem, flat_mem))
     if checks:
         print("\ntargets:")
         for name, value, ok in checks:
@@ -631,7 +649,8 @@ def parent_main(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     ways = [w for w in args.ways.split(",") if w]
     scaling = [int(n) for n in args.scaling.split(",") if n.strip()]
-    need_server = "c" in ways or bool(scaling)
+    scaling_ways = [w for w in args.scaling_ways.split(",") if w] if scaling else []
+    need_server = any(w in ("c", "cc") for w in ways + scaling_ways)
     print(
         f"benchmark: {args.jobs} jobs, time scale {args.time_scale}, timing jitter {args.timing_jitter}, "
         f"seed {args.seed}, ways {','.join(ways) or '-'}, scaling {scaling or '-'}, stream {args.stream_mb} MiB, "
@@ -658,9 +677,13 @@ def parent_main(args: argparse.Namespace) -> int:
             print(f"prefect server at {server.url}", flush=True)
             env.update(server.env())
             env["PREFECT_API_URL"] = server.url
-        plan = [(way, args.jobs) for way in ways] + [("c", n) for n in scaling if not ("c" in ways and n == args.jobs)]
+        plan = [(way, args.jobs) for way in ways] + [
+            (way, n) for way in scaling_ways for n in scaling if not (way in ways and n == args.jobs)
+        ]
         for way, jobs in plan:
             child_env = dict(env)
+            if way in CALLBACK_WAYS:
+                child_env["SHORTAPI_CALLBACK_URL"] = CALLBACK_URL
             if server is not None:
                 home = workdir / f"prefect-client-{way}-{jobs}"
                 child_env["PREFECT_HOME"] = str(home)
@@ -714,12 +737,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=0.5, help="emulator job-time multiplier (default 0.5)")
     parser.add_argument("--timing-jitter", type=float, default=0.1, help="log-normal sigma of job times (0.1)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--ways", default="a,b,c,w", help="comma-separated subset of a,b,c,w (default all)")
-    parser.add_argument("--scaling", default="50,500", help="extra job counts for way c (default 50,500)")
+    parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)} (all)")
+    parser.add_argument("--scaling", default="50,500", help="extra job counts for the scaling ways (50,500)")
+    parser.add_argument("--scaling-ways", default="c,cc", help="ways run at each --scaling size (default c,cc)")
     parser.add_argument("--stream-mb", type=float, default=1024, help="streaming case size in MiB (0: skip)")
     parser.add_argument("--workdir", help="keep outputs and logs here (default: a temporary directory)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--child", choices=["a", "b", "c", "w", "stream"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[*WAYS, "stream"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -6,10 +6,13 @@ call silently creates nothing.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any
 
+import anyio
 from prefect.artifacts import (
     acreate_image_artifact,
     acreate_link_artifact,
@@ -37,6 +40,9 @@ class ClipRecord:
     thumbnail_url: str | None = None
     error: str | None = None
 
+
+#: Per-clip artifacts created at once (each is one call to the Prefect API).
+ARTIFACT_CONCURRENCY = 8
 
 #: Vendor-reported amounts above this (USD per job) are not believed: shown and summed as unknown.
 MAX_PLAUSIBLE_AMOUNT = Decimal(100_000)
@@ -141,11 +147,24 @@ async def publish_run_artifacts(
         key=f"{base}-clips",
         description=f"Clips of {run_key}",
     )
-    for r in records:
-        if r.url:
-            await acreate_link_artifact(r.url, link_text=f"{r.step}: {r.uri}", key=artifact_key(base, r.step, "video"))
-        if r.thumbnail_url:
-            await acreate_image_artifact(r.thumbnail_url, key=artifact_key(base, r.step, "thumbnail"))
-    if final is not None and final.url:
-        await acreate_link_artifact(final.url, link_text=f"final: {final.uri}", key=f"{base}-final")
+    # Two artifacts per clip: one API call each, made a few at a time (one after the other they took ~6 s
+    # for 200 clips and ~17 s for 500, after the last clip was stored).
+    limiter = anyio.CapacityLimiter(ARTIFACT_CONCURRENCY)
+
+    async def create(make: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> None:
+        async with limiter:
+            await make(*args, **kwargs)
+
+    async with anyio.create_task_group() as group:
+        for r in records:
+            if r.url:
+                key = artifact_key(base, r.step, "video")
+                group.start_soon(partial(create, acreate_link_artifact, r.url, link_text=f"{r.step}: {r.uri}", key=key))
+            if r.thumbnail_url:
+                key = artifact_key(base, r.step, "thumbnail")
+                group.start_soon(partial(create, acreate_image_artifact, r.thumbnail_url, key=key))
+        if final is not None and final.url:
+            group.start_soon(
+                partial(create, acreate_link_artifact, final.url, link_text=f"final: {final.uri}", key=f"{base}-final")
+            )
     return summary_key
