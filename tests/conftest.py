@@ -19,6 +19,8 @@ os.environ.update(
         "PREFECT_SERVER_UI_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "INFO"),
+        # Waits must not learn job durations from earlier tests (or runs) through a file; tests of that set paths.
+        "KLING_PREFECT_DURATIONS": "off",
     }
 )
 os.environ.pop("SHORTAPI_KEY", None)

@@ -4,12 +4,15 @@ shared HTTP pool, learning during real waits against the emulator, and a smoke r
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
 import os
 import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +343,322 @@ def test_a_second_batch_in_the_same_process_costs_fewer_queries() -> None:
     first = _simulate_batch(policy, model, [90 * math.exp(rng.gauss(0, 0.08)) for _ in range(50)], seed=1)
     second = _simulate_batch(policy, model, [90 * math.exp(rng.gauss(0, 0.08)) for _ in range(50)], seed=2)
     assert sum(second) < 0.8 * sum(first)
+
+
+# --------------------------------------------------------------------------------------------- persistence
+
+
+def _observe_many(model: DurationModel, kind: JobKind, count: int, median: float = 90.0, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    for _ in range(count):
+        true = median * math.exp(rng.gauss(0, 0.08))
+        assert model.observe(kind, pending_at=true - rng.uniform(0, 2), done_by=true + rng.uniform(0, 2))
+
+
+def _write(path: Path, samples: dict[JobKind, list[list[float]]], version: object = 1) -> None:
+    kinds = [
+        {"model": k.model, "mode": k.mode, "seconds": k.seconds, "audio": k.audio, "samples": s}
+        for k, s in samples.items()
+    ]
+    path.write_text(json.dumps({"version": version, "kinds": kinds}))
+
+
+def _stored(path: Path) -> dict[JobKind, list[list[float]]]:
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    return {JobKind(k["model"], k["mode"], k["seconds"], k["audio"]): k["samples"] for k in data["kinds"]}
+
+
+def _waiting_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "kling_prefect.waiting" and r.levelno >= logging.WARNING]
+
+
+def test_saved_durations_load_with_the_same_median_and_a_wider_spread(tmp_path) -> None:
+    path = tmp_path / "sub" / "durations.json"  # the directory is created
+    here = DurationModel()
+    _observe_many(here, KIND, 30)
+    other = JobKind(O3, "pro", 10, True)
+    here.observe(other, pending_at=199, done_by=201)
+    assert here.save(path)
+    assert _stored(path).keys() == {KIND, other} and len(_stored(path)[KIND]) == 30
+    assert not list(path.parent.glob("*.tmp"))  # the temporary file was renamed over the target
+
+    loaded = DurationModel()
+    assert loaded.load(path) == 31
+    mine, theirs = here.estimate(KIND), loaded.estimate(KIND)
+    assert theirs is not None and theirs.observations == mine.observations == 30
+    assert theirs.median == pytest.approx(mine.median, rel=1e-12)
+    # each loaded observation counts with history_sigma**2 = 0.01 more variance, like a wider detection interval
+    assert theirs.sigma > mine.sigma and theirs.sigma**2 == pytest.approx(mine.sigma**2 + 0.01 / 30)
+    one = loaded.estimate(other)
+    assert one is not None and one.median == pytest.approx(200) and one.sigma > here.estimate(other).sigma
+    wide, narrow = DurationModel(history_sigma=0.3), DurationModel(history_sigma=0)
+    assert wide.load(path) == narrow.load(path) == 31
+    assert narrow.estimate(KIND).sigma == pytest.approx(mine.sigma)
+    assert wide.estimate(KIND).sigma > theirs.sigma
+    assert loaded.load(path) == 0  # nothing new: loading twice does not double the evidence
+    assert here.load(path) == 0 and here.estimate(KIND) == mine  # its own samples come back as themselves
+
+
+def test_saving_merges_with_the_file_and_keeps_the_newest_window(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    now = time.time()
+    other = JobKind(O3, "pro", 5)
+    _write(path, {KIND: [[math.log(50), 0.0, now - 100 + i] for i in range(5)], other: [[math.log(70), 0.0, now]]})
+    model = DurationModel(window=5)
+    for _ in range(3):
+        model.observe(KIND, pending_at=99, done_by=101)
+    assert model.save(path)
+    stored = _stored(path)
+    assert stored[other] == [[math.log(70), 0.0, now]]  # a kind this process never saw is kept
+    assert len(stored[KIND]) == 5  # the window: 3 new and the 2 newest of the file's
+    assert [s[2] for s in stored[KIND][:2]] == [now - 97, now - 96]
+    assert [round(math.exp(s[0])) for s in stored[KIND]] == [50, 50, 100, 100, 100]
+    assert model.save(path) and _stored(path) == stored  # saving again changes nothing: no duplicates
+
+
+def test_observations_older_than_max_age_are_neither_loaded_nor_saved(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    now = time.time()
+    _write(path, {KIND: [[math.log(300), 0.0, now - 8 * 86400], [math.log(90), 0.0, now - 3600]]})
+    fresh = DurationModel()
+    assert fresh.load(path) == 1
+    assert fresh.estimate(KIND).median == pytest.approx(90)
+    assert DurationModel(max_age=9 * 86400).load(path) == 2
+    assert DurationModel(max_age=60).load(path) == 0
+    assert fresh.save(path) and [round(math.exp(s[0])) for s in _stored(path)[KIND]] == [90]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{",
+        b"\xff\xfe garbage",
+        b"[]",
+        b'{"kinds": []}',
+        b'{"version": 2, "kinds": []}',
+        b'{"version": 1, "kinds": {}}',
+        b'{"version": 1, "kinds": [{"model": "m", "mode": "std", "seconds": "5", "audio": false, "samples": []}]}',
+        b'{"version": 1, "kinds": [{"model": "m", "mode": "std", "seconds": 5, "audio": false, "samples": [[1, 2]]}]}',
+        b'{"version": 1, "kinds": [{"model": "m", "mode": "std", "seconds": 5, "audio": false,'
+        b' "samples": [[4.5, 0, 1e9], [4.5, -1, 1e9]]}]}',
+        b'{"version": 1, "kinds": [{"model": "m", "mode": "std", "seconds": 5, "audio": false,'
+        b' "samples": [[NaN, 0, 1e9]]}]}',
+    ],
+)
+def test_a_bad_file_warns_once_and_loads_nothing(tmp_path, caplog, content: bytes) -> None:
+    path = tmp_path / "durations.json"
+    path.write_bytes(content)
+    model = DurationModel()
+    with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
+        assert model.load(path) == 0
+    assert len(_waiting_warnings(caplog)) == 1, caplog.text
+    assert model.known_kinds() == [] and model.estimate(JobKind("m", "std", 5)) is None
+
+
+def test_a_missing_file_or_a_directory_loads_nothing(tmp_path, caplog) -> None:
+    model = DurationModel()
+    with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
+        assert model.load(tmp_path / "nothing-here.json") == 0
+        assert not _waiting_warnings(caplog)  # nothing saved yet is normal
+        assert model.load(tmp_path) == 0
+    assert len(_waiting_warnings(caplog)) == 1
+
+
+def test_saving_replaces_a_corrupt_file_but_not_a_newer_format(tmp_path, caplog) -> None:
+    path = tmp_path / "durations.json"
+    path.write_text("{ truncated")
+    model = DurationModel()
+    model.observe(KIND, pending_at=99, done_by=101)
+    assert model.save(path) and len(_stored(path)[KIND]) == 1
+    newer = '{"version": 2, "durations": "something else"}'
+    path.write_text(newer)
+    with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
+        assert not model.save(path)
+    assert path.read_text() == newer and len(_waiting_warnings(caplog)) == 1
+
+
+def test_saving_never_raises_and_warns_once(tmp_path, caplog) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = blocker / "durations.json"
+    model = DurationModel(save_every=0)
+    model.observe(KIND, pending_at=99, done_by=101)
+    with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
+        assert not model.save(path)
+        assert model.attach(path) == 0  # loading from there: a warning too
+        assert model.observe(KIND, pending_at=99, done_by=101)  # saves (and fails) from inside observe
+        assert not model.flush()
+    warnings = _waiting_warnings(caplog)
+    assert len(warnings) == 2 and "Could not save" in warnings[0].getMessage(), caplog.text
+    assert model.estimate(KIND).observations == 2  # learning goes on
+
+
+def test_an_attached_model_saves_at_most_every_save_every_seconds(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    model = DurationModel(save_every=3600)
+    assert not model.flush()  # nowhere to save to
+    assert model.attach(path) == 0 and model.path == path
+    assert not model.flush()  # nothing unsaved
+    model.observe(KIND, pending_at=99, done_by=101)
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:  # saved at once, by a background thread
+        time.sleep(0.01)
+    assert len(_stored(path)[KIND]) == 1  # the first observation is saved at once
+    model.observe(KIND, pending_at=99, done_by=101)
+    model.observe(KIND, pending_at=-5, done_by=300)  # too vague: not kept, nothing to save
+    assert len(_stored(path)[KIND]) == 1  # then not before save_every seconds
+    assert model.flush() and len(_stored(path)[KIND]) == 2
+    assert not model.flush()
+
+
+def test_threads_observing_an_attached_model_lose_nothing(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    model = DurationModel(window=500, save_every=0)
+    model.attach(path)
+    kinds = [JobKind(O3, "std", seconds) for seconds in (5, 10, 15, 20)]
+
+    def observe(kind: JobKind) -> None:
+        for i in range(40):
+            model.observe(kind, pending_at=99 + i, done_by=101 + i)
+            model.estimate(kind)
+
+    threads = [threading.Thread(target=observe, args=(kind,)) for kind in kinds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    model.flush()  # a save skipped while another thread was saving is made now
+    stored = _stored(path)
+    assert {kind: len(stored[kind]) for kind in kinds} == dict.fromkeys(kinds, 40)
+
+
+async def test_loading_wakes_the_waits_of_the_loaded_kinds(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    source = DurationModel()
+    source.observe(KIND, pending_at=99, done_by=101)
+    source.save(path)
+    model = DurationModel()
+    with model.watch(KIND) as news, model.watch(JobKind(O3, "pro", 5)) as other:
+        assert model.load(path) == 1
+        assert await news.wait(1) and not await other.wait(0)
+
+
+_SAVER = """
+import sys
+from kling_prefect.waiting import DurationModel, JobKind
+path, name = sys.argv[1], sys.argv[2]
+model = DurationModel(window=1000)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(100):
+    model.observe(JobKind("m", name, 5), pending_at=90 + i, done_by=92 + i)
+    model.observe(JobKind("m", "shared", 5), pending_at=90 + i, done_by=92 + i)
+    assert model.save(path)
+"""
+
+
+def test_processes_saving_to_one_file_keep_each_others_observations(tmp_path) -> None:
+    path = tmp_path / "durations.json"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SAVER, str(path), name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("first", "second")
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        for child in children:  # start both at once: their saves overlap
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        for child in children:
+            _, err = child.communicate(timeout=60)
+            assert child.returncode == 0, err
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    stored = _stored(path)
+    assert len(stored[JobKind("m", "first", 5)]) == len(stored[JobKind("m", "second", 5)]) == 100
+    assert len(stored[JobKind("m", "shared", 5)]) == 200  # both processes' observations of the same kind
+
+
+def test_durations_path_follows_the_environment(monkeypatch, tmp_path) -> None:
+    from kling_prefect.waiting import durations_path
+
+    for off in ("off", "OFF", " Off ", "0", "false", "None"):
+        monkeypatch.setenv("KLING_PREFECT_DURATIONS", off)
+        assert durations_path() is None, off
+    monkeypatch.setenv("KLING_PREFECT_DURATIONS", str(tmp_path / "mine.json"))
+    assert durations_path() == tmp_path / "mine.json"
+    monkeypatch.setenv("KLING_PREFECT_DURATIONS", "~/elsewhere.json")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert durations_path() == tmp_path / "elsewhere.json"
+    for unset in ("", None):
+        if unset is None:
+            monkeypatch.delenv("KLING_PREFECT_DURATIONS")
+        else:
+            monkeypatch.setenv("KLING_PREFECT_DURATIONS", unset)
+        monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+        assert durations_path() == tmp_path / "home" / "kling-prefect" / "durations.json"
+        monkeypatch.delenv("PREFECT_HOME")
+        assert durations_path() == tmp_path / ".prefect" / "kling-prefect" / "durations.json"
+
+
+_FLOW_RUN = """
+import json
+from kling_prefect.waiting import JobKind, default_duration_model
+model = default_duration_model()
+kind = JobKind("kwaivgi/kling-o3/text-to-video", "std", 5)
+before = model.estimate(kind)
+model.observe(kind, pending_at=99, done_by=101)  # saved at once (the first since the start)
+model.observe(kind, pending_at=109, done_by=111)  # within save_every: saved at exit
+print(json.dumps(None if before is None else [before.median, before.observations]))
+"""
+
+
+def test_a_fresh_process_starts_from_what_earlier_ones_saved(tmp_path) -> None:
+    def run(env: dict[str, str]) -> object:
+        result = subprocess.run(
+            [sys.executable, "-c", _FLOW_RUN], capture_output=True, text=True, timeout=60, env={**os.environ, **env}
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    path = tmp_path / "durations.json"
+    assert run({"KLING_PREFECT_DURATIONS": str(path)}) is None  # the first flow run starts cold
+    assert len(_stored(path)[KIND]) == 2  # including the observation only the exit saved
+    median, observations = run({"KLING_PREFECT_DURATIONS": str(path)})
+    assert observations == 2 and median == pytest.approx(math.sqrt(100 * 110))  # in log space
+    assert len(_stored(path)[KIND]) == 4
+    assert run({"KLING_PREFECT_DURATIONS": "off"}) is None
+    home = tmp_path / "prefect-home"
+    assert run({"KLING_PREFECT_DURATIONS": "", "PREFECT_HOME": str(home)}) is None
+    assert len(_stored(home / "kling-prefect" / "durations.json")[KIND]) == 2
+    assert len(_stored(path)[KIND]) == 4  # untouched by the runs that did not use it
+
+
+def test_a_batch_in_a_new_process_learns_from_the_saved_history(tmp_path) -> None:
+    """Simulated time: the second batch of a new flow run, from the first run's file, against a cold start."""
+    rng = random.Random(2)
+    policy, path = PollPolicy(), tmp_path / "durations.json"
+    first = [90 * math.exp(rng.gauss(0, 0.08)) for _ in range(50)]
+    second = [(KIND, 90 * math.exp(rng.gauss(0, 0.08))) for _ in range(50)]
+    earlier_run = DurationModel()
+    simulate_waits(policy, earlier_run, [(KIND, d) for d in first], seed=1)
+    assert earlier_run.save(path)
+    new_run = DurationModel()
+    assert new_run.load(path) == 50
+    warm = simulate_waits(policy, new_run, second, seed=2)
+    cold = simulate_waits(policy, DurationModel(), second, seed=2)
+
+    def mean_queries(waits) -> float:
+        return sum(w.queries for w in waits) / len(waits)
+
+    assert mean_queries(warm) < 0.9 * mean_queries(cold), (mean_queries(warm), mean_queries(cold))
+    assert max(w.delay for w in warm) < 5  # and every completion still seen within seconds
