@@ -10,6 +10,8 @@ runs the same ``--jobs`` prompts several ways, each in its own fresh process:
   decodes, probe it and make a thumbnail (what the flow's store task does), all jobs concurrently.
 - ``c``: the :func:`~kling_prefect.flows.batch` flow on a local Prefect server, ``max_concurrency`` = jobs.
 - ``w``: ``b`` twice in one process, the second batch measured (what the learned schedule does warm).
+- ``cw``: ``c`` again in a new process that starts from the job durations ``c`` saved (the next run of a
+  scheduled deployment); every other way starts with no saved durations.
 - ``bc`` / ``cc``: ``b`` / ``c`` with callbacks (``SHORTAPI_CALLBACK_URL`` set: a receiver on loopback that
   the emulator POSTs to when each job ends); polling is then only a fallback for lost callbacks.
 
@@ -49,8 +51,9 @@ from typing import Any
 MODEL = "kwaivgi/kling-o3/text-to-video"
 API_KEY = "bench-key-0123456789"
 RESULT_PREFIX = "BENCH-RESULT "
-#: The ways: a/b/c as in the docstring, w = b's second batch in one process, bc/cc = b/c with callbacks.
-WAYS = ("a", "b", "c", "w", "bc", "cc")
+#: The ways: a/b/c as in the docstring, w = b's second batch in one process, cw = c's next run (a new process
+#: starting from the durations c saved), bc/cc = b/c with callbacks.
+WAYS = ("a", "b", "c", "w", "cw", "bc", "cc")
 CALLBACK_WAYS = ("bc", "cc")
 CALLBACK_URL = "http://127.0.0.1:{port}/bench-callbacks"  # the receiver binds 127.0.0.1, any free port
 PROMPTS = [
@@ -381,7 +384,7 @@ def child_main(args: argparse.Namespace) -> None:
     if args.child == "stream":
         print(RESULT_PREFIX + json.dumps(stream_case(base_url, out)), flush=True)
         return
-    way = {"a": way_a, "b": way_b, "c": way_c, "w": way_b, "bc": way_b, "cc": way_c}[args.child]
+    way = {"a": way_a, "b": way_b, "c": way_c, "w": way_b, "cw": way_c, "bc": way_b, "cc": way_c}[args.child]
     items = batch_items(args.jobs)
     if args.child == "w":  # warm: a first batch teaches the process; the second one is measured
         way_b(items, base_url, args.time_scale, out / "first")
@@ -615,7 +618,7 @@ def print_targets(rows: list[dict[str, Any]], jobs: int) -> None:
             checks.append(
                 (f"Prefect overhead {name} vs ({client_way}) under 20% of wall", f"{overhead:+.1%}", overhead < 0.2)
             )
-    for reference in ("b", "bc", "w"):
+    for reference in ("b", "bc", "w", "cw"):
         row = by.get(f"{reference}@{jobs}")
         if row and a:
             share = row["queries_per_job"] / a["queries_per_job"]
@@ -650,7 +653,9 @@ def parent_main(args: argparse.Namespace) -> int:
     ways = [w for w in args.ways.split(",") if w]
     scaling = [int(n) for n in args.scaling.split(",") if n.strip()]
     scaling_ways = [w for w in args.scaling_ways.split(",") if w] if scaling else []
-    need_server = any(w in ("c", "cc") for w in ways + scaling_ways)
+    need_server = any(w in ("c", "cw", "cc") for w in ways + scaling_ways)
+    if "cw" in ways and "c" not in ways:
+        ways.insert(ways.index("cw"), "c")  # cw starts from what c saved
     print(
         f"benchmark: {args.jobs} jobs, time scale {args.time_scale}, timing jitter {args.timing_jitter}, "
         f"seed {args.seed}, ways {','.join(ways) or '-'}, scaling {scaling or '-'}, stream {args.stream_mb} MiB, "
@@ -665,6 +670,7 @@ def parent_main(args: argparse.Namespace) -> int:
     base_env = {
         k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHORTAPI_")) and k != "DO_NOT_TRACK"
     }
+    base_env["KLING_PREFECT_DURATIONS"] = "off"  # nothing learned in earlier runs or elsewhere on this machine
     rows: list[dict[str, Any]] = []
     failures = 0
     with contextlib.ExitStack() as stack:
@@ -684,6 +690,13 @@ def parent_main(args: argparse.Namespace) -> int:
             child_env = dict(env)
             if way in CALLBACK_WAYS:
                 child_env["SHORTAPI_CALLBACK_URL"] = CALLBACK_URL
+            # Learned durations: each way writes its own file; cw starts from a copy of what c@jobs wrote.
+            durations = workdir / f"durations-{way}-{jobs}.json"
+            if way == "cw":
+                saved = workdir / f"durations-c-{jobs}.json"
+                if saved.exists():
+                    shutil.copyfile(saved, durations)
+            child_env["KLING_PREFECT_DURATIONS"] = str(durations)
             if server is not None:
                 home = workdir / f"prefect-client-{way}-{jobs}"
                 child_env["PREFECT_HOME"] = str(home)

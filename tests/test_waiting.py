@@ -303,7 +303,7 @@ def test_default_model_is_process_wide() -> None:
 
 
 def test_benchmark_smoke(tmp_path) -> None:
-    """The benchmark runs end to end with a few jobs (ways a and b, and a small streaming case)."""
+    """The benchmark runs end to end with a few jobs (ways a, b and bc, and a small streaming case)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHORTAPI_"))}
     result = subprocess.run(
         [
@@ -312,7 +312,7 @@ def test_benchmark_smoke(tmp_path) -> None:
             "--jobs",
             "4",
             "--ways",
-            "a,b",
+            "a,b,bc",
             "--time-scale",
             "0.01",
             "--scaling",
@@ -330,6 +330,8 @@ def test_benchmark_smoke(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     for metric in ("wall/ideal", "queries/job", "detect p50", "detect p95", "peak MB", "CPU s", "RSS growth"):
         assert metric in result.stdout, result.stdout
+    assert "bc@4" in result.stdout and "(bc) queries under 1/3 of (a)'s" in result.stdout
+    assert "callbacks are off" not in result.stderr + (tmp_path / "child-bc-4.log").read_text()
 
 
 def _simulate_batch(policy: PollPolicy, model: DurationModel, durations: list[float], seed: int) -> list[int]:
