@@ -816,10 +816,14 @@ class ShortAPIClient:
             return time.monotonic() - began + offset
 
         def plan() -> float:
+            nonlocal fallback
             if follow_ups:
                 return self.poll.min_interval
             if callbacks is not None and callbacks.trusted:
-                return self.poll.fallback_interval(self._rng)
+                # Drawn once per query: re-planning when other jobs of the kind end must not redraw the jitter
+                # (the earliest of many draws would bring the fallback forward).
+                fallback = fallback or self.poll.fallback_interval(self._rng)
+                return fallback
             return self.poll.learned_interval(pending_at, durations.estimate(kind), previous, self._rng)
 
         watcher = _JobWatcher(job_id, on_status_change)
@@ -828,6 +832,7 @@ class ShortAPIClient:
         not_before = 0.0
         hinted_at: float | None = None  # when the job's callback came
         follow_ups = 0  # queries at min_interval after a callback whose query still saw the job pending
+        fallback: float | None = None  # this sleep's fallback interval while callbacks are trusted
         while True:
             interval = plan()
             if doorbell.take_hint():
@@ -848,10 +853,13 @@ class ShortAPIClient:
                         interval = plan()
             asked_at = elapsed()
             job = await self._query_for_wait(job_id, deadline, watcher)
+            fallback = None
             if interval > 0:
                 previous = interval
             if job is None:
                 not_before = elapsed() + self.poll.min_interval  # the vendor is struggling: do not hammer it
+                if interval == 0.0:
+                    doorbell.hint()  # the callback's query failed: it is still owed, after that pause
             elif await watcher.seen(job):
                 # The callback came within moments of the end: it dates the end better than the last query.
                 lower = pending_at if hinted_at is None else max(pending_at, hinted_at - self.poll.min_interval)

@@ -218,6 +218,21 @@ async def test_while_callbacks_are_trusted_a_wait_does_not_poll_on_its_own(
     assert receiver.stats()["missed"] == 1
 
 
+async def test_a_callback_whose_query_failed_is_still_acted_on(emulator, fast_client_options, receiver) -> None:
+    # Right after the callback the vendor's query fails 12 times: the client's whole retry budget (6) twice.
+    settings = options(fast_client_options, callback_fallback=30.0)
+    async with ShortAPIClient(base_url=emulator.base_url, callbacks=receiver, **settings) as client:
+        created = await client.create_job(REQUEST)
+        await settled(emulator, lambda s: s.callbacks_sent == 1, within=20)
+        emulator.inject("server_error", endpoint="query", times=12)
+        # Were the callback forgotten after its failed query, the next query would be the fallback's (30 s
+        # away) or the deadline's, which would meet the remaining failures and raise JobTimedOut.
+        job = await wait(client, created, DurationModel(), timeout=10)
+    assert job.state == "succeeded"
+    stats = emulator.stats()
+    assert stats.queries == 13 and stats.jobs[created.job_id].queries == 1  # 12 failed, then the owed query
+
+
 def test_the_sync_client_uses_callbacks_too(emulator, fast_client_options, receiver) -> None:
     settings = options(fast_client_options, callback_fallback=30.0)
     with SyncShortAPIClient(base_url=emulator.base_url, callbacks=receiver, **settings) as client:
