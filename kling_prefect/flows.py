@@ -47,7 +47,13 @@ from prefect.runtime import flow_run
 from pydantic import ValidationError
 
 from kling_prefect import media
-from kling_prefect.artifacts import ClipRecord, publish_run_artifacts, safe_amount, totals
+from kling_prefect.artifacts import (
+    ClipRecord,
+    publish_clip_artifacts,
+    publish_run_artifacts,
+    safe_amount,
+    totals,
+)
 from kling_prefect.batchfile import BatchItem, describe_validation_error, load_batch_items
 from kling_prefect.client import RetryPolicy
 from kling_prefect.concurrency import job_slot
@@ -795,13 +801,19 @@ async def batch(
             except Exception as exc:  # one prompt's failure must not lose the others
                 logger.error("%s failed: %s", item.step, exc)
                 return record_for(item.step, item.request, error=exc), None
-            return record_for(item.step, item.request, clip), clip
+        record = record_for(item.step, item.request, clip)
+        await publish_clip_artifacts(run.run_key, record)  # now, not in a queue after the last clip
+        return record, clip
 
     outcomes = await asyncio.gather(*(one(item) for item in items))
     records = [record for record, _ in outcomes]
     clips = [clip for _, clip in outcomes if clip is not None]
     summary = await publish_run_artifacts(
-        title="Kling batch", run_key=run.run_key, records=records, storage=_describe(run.storage)
+        title="Kling batch",
+        run_key=run.run_key,
+        records=records,
+        storage=_describe(run.storage),
+        clips_published=True,
     )
     result = RunResult(run_key=run.run_key, records=records, summary_artifact=summary, clips=clips)
     if fail_on_error and result.failed:

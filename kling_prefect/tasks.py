@@ -41,6 +41,7 @@ from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
 
 from kling_prefect import media, progress
+from kling_prefect.callbacks import CallbackReceiver
 from kling_prefect.client import Job, PollPolicy, ShortAPIClient, shared_http_client
 from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
@@ -179,9 +180,27 @@ async def open_client(credentials_block: str | None, poll: PollPolicy | None = N
         poll=poll,
         http_client=shared_http_client("api"),
         download_client=shared_http_client("download"),
-        # Started once per process (binding and a self-test): off the event loop.
-        callbacks=await anyio.to_thread.run_sync(credentials.callback_receiver) if credentials.callback_url else None,
+        callbacks=await _callback_receiver(credentials),
     )
+
+
+_reported_receivers: set[str] = set()
+
+
+async def _callback_receiver(credentials: ShortAPICredentials) -> CallbackReceiver | None:
+    """The process's receiver for the credentials' ``callback_url``, said once per process in the run's log."""
+    if not credentials.callback_url:
+        return None
+    # Started once per process (binding and a self-test): off the event loop.
+    receiver = await anyio.to_thread.run_sync(credentials.callback_receiver)
+    if credentials.callback_url not in _reported_receivers:
+        _reported_receivers.add(credentials.callback_url)
+        logger = get_run_logger()
+        if receiver is None:
+            logger.warning("callbacks are off in this process (the listener could not start); polling only")
+        else:
+            logger.info("listening for the vendor's callbacks at %s", receiver.public_url)
+    return receiver
 
 
 async def _retry_resumable(task: Any, task_run: Any, state: Any) -> bool:

@@ -205,6 +205,12 @@ async def test_batch_fails_the_run_after_storing_the_others(emulator, tmp_path) 
     )
     assert state.is_failed()
     assert len(list(tmp_path.glob("item-*.mp4"))) == 2
+    # Each stored clip got its link and thumbnail as it was stored; the failed one none; the summary at the end.
+    artifacts = await artifacts_of(state)
+    links = sorted(k for k, a in artifacts.items() if k.endswith("-video") and a.type == "markdown")
+    images = sorted(k for k, a in artifacts.items() if k.endswith("-thumbnail") and a.type == "image")
+    assert len(links) == 2 and len(images) == 2, sorted(artifacts)
+    assert "kling-batch-fail-summary" in artifacts and "kling-batch-fail-clips" in artifacts
 
 
 async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(emulator, tmp_path) -> None:
