@@ -732,28 +732,33 @@ class ShortAPIClient:
         with contextlib.ExitStack() as stack:
             if callbacks is not None and not stack.enter_context(callbacks.subscribe(callback_url, doorbell)):
                 callbacks = None  # not one of our receiver's URLs: nothing will ring
-            if kind is not None and started_at and expected_seconds is None:
-                durations = durations or default_duration_model()
-                stack.enter_context(durations.watch(kind, doorbell))
-                job = await self._wait_learned(
-                    job_id,
-                    timeout=timeout,
-                    started_at=started_at,
-                    on_status_change=on_status_change,
-                    kind=kind,
-                    durations=durations,
-                    doorbell=doorbell,
-                    callbacks=callbacks,
-                )
-            else:
-                job = await self._wait_simple(
-                    job_id,
-                    timeout=timeout,
-                    expected_seconds=expected_seconds,
-                    started_at=started_at,
-                    on_status_change=on_status_change,
-                    doorbell=doorbell if callbacks is not None else None,
-                )
+            try:
+                if kind is not None and started_at and expected_seconds is None:
+                    durations = durations or default_duration_model()
+                    stack.enter_context(durations.watch(kind, doorbell))
+                    job = await self._wait_learned(
+                        job_id,
+                        timeout=timeout,
+                        started_at=started_at,
+                        on_status_change=on_status_change,
+                        kind=kind,
+                        durations=durations,
+                        doorbell=doorbell,
+                        callbacks=callbacks,
+                    )
+                else:
+                    job = await self._wait_simple(
+                        job_id,
+                        timeout=timeout,
+                        expected_seconds=expected_seconds,
+                        started_at=started_at,
+                        on_status_change=on_status_change,
+                        doorbell=doorbell if callbacks is not None else None,
+                    )
+            except (JobFailed, UnknownJobStatus):
+                if callbacks is not None:  # ended too: its callback counts (and its token goes)
+                    callbacks.job_ended(callback_url)
+                raise
             if callbacks is not None:
                 callbacks.job_ended(callback_url)
             return job

@@ -13,6 +13,7 @@ import pytest
 from kling_prefect.callbacks import CallbackReceiver, callback_receiver, check_public_url, parse_listen
 from kling_prefect.client import PollPolicy, ShortAPIClient, SyncShortAPIClient
 from kling_prefect.credentials import ShortAPICredentials
+from kling_prefect.exceptions import JobFailed
 from kling_prefect.models import KlingO3TextToVideo
 from kling_prefect.waiting import Doorbell, DurationModel, JobKind
 
@@ -187,6 +188,19 @@ async def test_lost_callbacks_are_caught_by_fallback_queries_then_trust_ends(
     counts = receiver.stats()
     assert counts["missed"] == 8 and not counts["trusted"]
     assert "back to polling" in caplog.text
+
+
+async def test_a_failed_job_counts_its_callback_and_forgets_its_token(emulator, fast_client_options, receiver) -> None:
+    emulator.inject("job_failure", times=1, message="generation failed: moderation")
+    settings = options(fast_client_options, callback_fallback=30.0)
+    async with ShortAPIClient(base_url=emulator.base_url, callbacks=receiver, **settings) as client:
+        created = await client.create_job(REQUEST)
+        with pytest.raises(JobFailed, match="moderation") as caught:
+            await wait(client, created, DurationModel(), timeout=20)
+    assert caught.value.job_id == created.job_id
+    assert emulator.stats().jobs[created.job_id].queries == 1
+    counts = receiver.stats()
+    assert counts["confirmed"] == 1 and counts["outstanding"] == 0
 
 
 async def test_a_wait_started_after_the_callback_queries_at_once(emulator, fast_client_options, receiver) -> None:
