@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import socket
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -144,7 +145,8 @@ class CallbackReceiver:
         """
         if self._server is not None:
             return self
-        server = ThreadingHTTPServer((self.host, self.port), _handler_for(self))
+        server_class = _ThreadingHTTPServerV6 if ":" in self.host else ThreadingHTTPServer
+        server = server_class((self.host, self.port), _handler_for(self))
         server.daemon_threads = True
         self._server = server
         self.port = server.server_address[1]
@@ -284,9 +286,14 @@ class CallbackReceiver:
             }
 
 
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def _handler_for(receiver: CallbackReceiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 10  # seconds a connection may sit idle or trickle its request: no thread is held forever
         server_version = "kling-prefect-callbacks"
         sys_version = ""
 

@@ -99,6 +99,20 @@ def test_an_oversized_body_is_answered_without_being_read(receiver) -> None:
         assert doorbell.take_hint()
 
 
+def test_an_ipv6_listener_works() -> None:
+    try:
+        receiver = CallbackReceiver("http://[::1]:{port}/v6", "[::1]:0").start()
+    except OSError as exc:  # no IPv6 on this machine
+        pytest.skip(f"no IPv6 loopback: {exc}")
+    try:
+        url, doorbell = receiver.new_url(), Doorbell()
+        with receiver.subscribe(url, doorbell):
+            assert httpx.post(url).status_code == 200
+            assert doorbell.take_hint()
+    finally:
+        receiver.close()
+
+
 def test_a_receiver_that_cannot_work_is_off_with_a_warning(caplog) -> None:
     with socket.socket() as closed:  # a port nobody listens on: the self-test POST cannot arrive
         closed.bind(("127.0.0.1", 0))
