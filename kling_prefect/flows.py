@@ -30,8 +30,6 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +40,6 @@ from typing import Any
 import anyio
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.results import ResultStore, get_result_store
 from prefect.runtime import flow_run
 from pydantic import ValidationError
 
@@ -73,9 +70,12 @@ from kling_prefect.tasks import (
     SubmittedJob,
     generate_video,
     load_credentials,
-    request_fingerprint,
+    note_key,
+    read_note,
     store_kling_video,
+    uncertain_create_key,
     wait_for_kling_job,
+    write_note,
 )
 
 DEFAULT_MODEL = "kling-o3"
@@ -381,44 +381,9 @@ class StepOptions:
     resubmit_uncertain: bool = False
 
 
-def uncertain_create_key(run_key: str, step: str, request: KlingRequest) -> str:
-    """Result-storage key of the note left when a step's create may have been accepted."""
-    return _note_key("uncertain-create", run_key, step, request)
-
-
 def unresolved_job_key(run_key: str, step: str, request: KlingRequest) -> str:
     """Result-storage key of the note naming a step's job that last reported an undocumented status."""
-    return _note_key("unresolved-job", run_key, step, request)
-
-
-def _note_key(kind: str, run_key: str, step: str, request: KlingRequest) -> str:
-    # Keyed like the cached submission: the same run key, step and request.
-    digest = hashlib.sha256(json.dumps([kind, run_key, step, request_fingerprint(request)]).encode()).hexdigest()
-    return f"kling-{kind}-{digest}"
-
-
-def _notes() -> ResultStore:
-    """Where the notes live: the run's result storage (where cached submissions live too), as self-describing
-    records (the flow's own store keeps no metadata, so it cannot tell whether a key exists)."""
-    return ResultStore(result_storage=get_result_store().result_storage)
-
-
-async def _read_note(key: str) -> Any:
-    """The note under ``key``; ``None`` when there is none; a placeholder text when it cannot be read."""
-    store = _notes()
-    if not await store.aexists(key):
-        return None
-    try:
-        return (await store.aread(key)).result
-    except Exception:  # unreadable: still a reason not to pay again blindly
-        return "(the note could not be read)"
-
-
-async def _write_note(key: str, value: Any) -> None:
-    try:
-        await _notes().awrite(value, key=key)
-    except Exception as exc:  # the error itself still reaches the user
-        get_run_logger().warning("could not write the note %s to result storage: %s", key, exc)
+    return note_key("unresolved-job", run_key, step, request)
 
 
 async def make_clip(request: KlingRequest, step: str, options: StepOptions) -> StoredVideo:
@@ -439,7 +404,7 @@ async def make_clip(request: KlingRequest, step: str, options: StepOptions) -> S
     """
     logger = get_run_logger()
     if not options.resubmit_uncertain:
-        note = await _read_note(uncertain_create_key(options.run_key, step, request))
+        note = await read_note(uncertain_create_key(options.run_key, step, request))
         if note is not None:
             note = note if isinstance(note, dict) else {"message": str(note)}
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(note.get("noted_at", 0)))
@@ -450,7 +415,7 @@ async def make_clip(request: KlingRequest, step: str, options: StepOptions) -> S
                 f"Earlier error: {str(note.get('message', ''))[:300]}"
             )
     resume: SubmittedJob | None = None
-    unresolved = await _read_note(unresolved_job_key(options.run_key, step, request))
+    unresolved = await read_note(unresolved_job_key(options.run_key, step, request))
     if isinstance(unresolved, SubmittedJob):
         resume = unresolved  # an earlier attempt left this job in an undocumented status: ask about it again
         logger.warning("%s: checking job %s again (its status was undocumented earlier)", step, resume.job_id)
@@ -481,7 +446,7 @@ async def make_clip(request: KlingRequest, step: str, options: StepOptions) -> S
             )
         except JobMayHaveBeenCreated as exc:
             note = {"run_key": options.run_key, "step": step, "noted_at": time.time(), "message": str(exc)[:500]}
-            await _write_note(uncertain_create_key(options.run_key, step, request), note)
+            await write_note(uncertain_create_key(options.run_key, step, request), note)
             raise
         except ShortAPIError as exc:
             if resume is not None and getattr(exc, "submitted", None) is None:
@@ -518,7 +483,7 @@ async def make_clip(request: KlingRequest, step: str, options: StepOptions) -> S
             if isinstance(exc, UnknownJobStatus) and job is not None:
                 # Remembered, so a flow retry or a re-run asks about this job again instead of paying for the
                 # step a second time (the job may still succeed).
-                await _write_note(unresolved_job_key(options.run_key, step, request), job)
+                await write_note(unresolved_job_key(options.run_key, step, request), job)
             raise
 
 

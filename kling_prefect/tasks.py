@@ -39,13 +39,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.context import TaskRunContext
+from prefect.results import ResultStore, get_result_store
 
 from kling_prefect import media, progress
 from kling_prefect.callbacks import CallbackReceiver
 from kling_prefect.client import Job, PollPolicy, ShortAPIClient, shared_http_client
 from kling_prefect.concurrency import create_rate_slot, job_slot
 from kling_prefect.credentials import ShortAPICredentials
-from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError
+from kling_prefect.exceptions import JobFailed, JobMayHaveBeenCreated, JobTimedOut, ShortAPIError, TransientError
 from kling_prefect.models import (
     Kling26TextToVideo,
     Kling30TextToVideo,
@@ -159,6 +160,45 @@ class StoredVideoKey(CachePolicy):
         return "kling-store-" + hashlib.sha256(material.encode()).hexdigest()
 
 
+# --------------------------------------------------------------------------------------------- notes
+
+
+def note_key(kind: str, run_key: str, step: str, request: KlingRequest) -> str:
+    """Result-storage key of a note about one step, keyed like its cached submission (run key, step, request)."""
+    digest = hashlib.sha256(json.dumps([kind, run_key, step, request_fingerprint(request)]).encode()).hexdigest()
+    return f"kling-{kind}-{digest}"
+
+
+def uncertain_create_key(run_key: str, step: str, request: KlingRequest) -> str:
+    """Result-storage key of the note left while (and when) a step's create may have been accepted."""
+    return note_key("uncertain-create", run_key, step, request)
+
+
+def _notes() -> ResultStore:
+    """Where the notes live: the run's result storage (where cached submissions live too), as self-describing
+    records (the flow's own store keeps no metadata, so it cannot tell whether a key exists)."""
+    return ResultStore(result_storage=get_result_store().result_storage)
+
+
+async def read_note(key: str) -> Any:
+    """The note under ``key``; ``None`` when there is none (or it was cleared); a placeholder when unreadable."""
+    store = _notes()
+    if not await store.aexists(key):
+        return None
+    try:
+        return (await store.aread(key)).result
+    except Exception:  # unreadable: still a reason not to pay again blindly
+        return "(the note could not be read)"
+
+
+async def write_note(key: str, value: Any) -> None:
+    """Write (``None``: clear) the note under ``key``; a storage failure is logged, not raised."""
+    try:
+        await _notes().awrite(value, key=key)
+    except Exception as exc:  # the error itself still reaches the user
+        get_run_logger().warning("could not write the note %s to result storage: %s", key, exc)
+
+
 # --------------------------------------------------------------------------------------------- helpers
 
 
@@ -240,8 +280,28 @@ async def submit_kling_job(
     logger = get_run_logger()
     await create_rate_slot(create_rate_limit)
     client = await open_client(credentials_block)
+    # Noted before the POST and cleared once its answer is known: if this process dies while the request is
+    # out, the job may exist and be billed without its id being cached, and the flows then refuse to pay for
+    # the step again without resubmit_uncertain (see flows.make_clip).
+    marker = uncertain_create_key(run_key, step, request)
+    await write_note(
+        marker,
+        {
+            "run_key": run_key,
+            "step": step,
+            "noted_at": time.time(),
+            "message": "a create was being sent when that attempt stopped, and its answer was never recorded",
+        },
+    )
     async with client:
-        created = await client.create_job(request, callback_url=callback_url)
+        try:
+            created = await client.create_job(request, callback_url=callback_url)
+        except JobMayHaveBeenCreated:
+            raise  # the note stays (the flows replace it with this error's details)
+        except ShortAPIError:
+            await write_note(marker, None)  # refused, or never sent: no job was created
+            raise
+    await write_note(marker, None)  # the job id is cached with this task's result
     logger.info(
         "created %s job %s for step %r (estimated $%s, vendor amount %s)",
         request.model_id,

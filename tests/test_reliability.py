@@ -234,6 +234,53 @@ def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twi
     assert not partial_files(tmp_path / "batch")
 
 
+def test_sigkill_during_a_create_then_rerun_refuses_to_pay_again(prefect_server, timed_emulator, tmp_path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    emu, _ = timed_emulator
+    emu.inject("slow", endpoint="create", times=1, delay=3.0)  # the vendor takes 3 s to answer the create
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "SHORTAPI_KEY": TEST_KEY,
+        "SHORTAPI_BASE_URL": emu.base_url,
+    }
+    spec = {
+        "flow": "text_to_video",
+        "prompt": "Kill during create: a moth at a window",
+        "duration": 3,
+        "mode": "std",
+        "run_key": "sigkill-create",
+        "output_dir": str(tmp_path / "out"),
+        "poll_interval": 0.1,
+        "timeout_seconds": 60,
+    }
+    proc = start_flow(spec, env, tmp_path / "run-1.log")
+    try:
+        wait_until(lambda: emu.stats().create_requests >= 1, timeout=90)
+        os.kill(proc.pid, signal.SIGKILL)  # the POST is out, its answer not yet back
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wait_until(lambda: emu.stats().creates == 1, timeout=30)  # the vendor created (and billed) the job anyway
+
+    rerun = start_flow(spec, env, tmp_path / "run-2.log")
+    assert rerun.wait(timeout=120) == 1, (tmp_path / "run-2.log").read_text()[-3000:]
+    error = last_json_line(tmp_path / "run-2.log")["error"]
+    assert error.startswith("JobMayHaveBeenCreated") and "earlier attempt" in error, error
+    assert "resubmit_uncertain" in error and "answer was never recorded" in error
+    assert emu.stats().create_requests == 1  # not sent again
+
+    # The way out, once the user has checked the dashboard: resubmit_uncertain pays for the step again.
+    third = start_flow({**spec, "resubmit_uncertain": True}, env, tmp_path / "run-3.log")
+    assert third.wait(timeout=120) == 0, (tmp_path / "run-3.log").read_text()[-3000:]
+    assert emu.stats().creates == 2
+    assert media.probe(tmp_path / "out" / "clip-01.mp4").frame_count == 3 * 24
+
+
 async def test_flow_retry_after_a_failed_wait_resumes_every_created_job(vendor_env, fast_retries, tmp_path) -> None:
     emu = vendor_env
     prompts = ["Retry chain: a seed", "Retry chain: a sprout"]
