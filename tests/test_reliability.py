@@ -144,6 +144,20 @@ def start_flow(spec: dict[str, Any], env: dict[str, str], log: Path) -> subproce
         )
 
 
+def flow_env(emu: Emulator, **extra: str) -> dict[str, str]:
+    """The environment of a flow subprocess: this session's Prefect server, the emulator, quiet logs."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {
+        **os.environ,
+        **extra,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "SHORTAPI_KEY": TEST_KEY,
+        "SHORTAPI_BASE_URL": emu.base_url,
+    }
+
+
 def last_json_line(log: Path) -> dict[str, Any]:
     lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("{")]
     assert lines, log.read_text(errors="replace")[-3000:]
@@ -153,20 +167,12 @@ def last_json_line(log: Path) -> dict[str, Any]:
 def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twice(
     prefect_server, timed_emulator, tmp_path
 ) -> None:
-    from prefect.settings import PREFECT_API_URL
 
     emu, durations = timed_emulator
     chain = ["Kill chain: a lantern is lit", "Kill chain: the lantern drifts over the lake"]
     items = ["Kill batch: a red kite", "Kill batch: a green kite", "Kill batch: a blue kite"]
     durations.update({chain[0]: 0.3, chain[1]: 4.0, **dict.fromkeys(items, 4.0)})
-    env = {
-        **os.environ,
-        **FAST_RETRY_ENV,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "SHORTAPI_KEY": TEST_KEY,
-        "SHORTAPI_BASE_URL": emu.base_url,
-    }
+    env = flow_env(emu, **FAST_RETRY_ENV)
     specs = {
         "chain": {
             "flow": "continuation",
@@ -235,17 +241,10 @@ def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twi
 
 
 def test_sigkill_during_a_create_then_rerun_refuses_to_pay_again(prefect_server, timed_emulator, tmp_path) -> None:
-    from prefect.settings import PREFECT_API_URL
 
     emu, _ = timed_emulator
     emu.inject("slow", endpoint="create", times=1, delay=3.0)  # the vendor takes 3 s to answer the create
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-        "SHORTAPI_KEY": TEST_KEY,
-        "SHORTAPI_BASE_URL": emu.base_url,
-    }
+    env = flow_env(emu)  # default timeouts: the create must still be out when the process is killed
     spec = {
         "flow": "text_to_video",
         "prompt": "Kill during create: a moth at a window",
