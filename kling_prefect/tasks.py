@@ -224,17 +224,22 @@ async def open_client(credentials_block: str | None, poll: PollPolicy | None = N
     )
 
 
-_reported_receivers: set[str] = set()
+#: The receivers tasks in this process got, by (callback_url, callback_listen): each one looked up (and
+#: said in the run's log) once, not with a thread hop per task run.
+_task_receivers: dict[tuple[str, str], CallbackReceiver | None] = {}
 
 
 async def _callback_receiver(credentials: ShortAPICredentials) -> CallbackReceiver | None:
     """The process's receiver for the credentials' ``callback_url``, said once per process in the run's log."""
     if not credentials.callback_url:
         return None
+    key = (credentials.callback_url, credentials.callback_listen)
+    if key in _task_receivers:
+        return _task_receivers[key]
     # Started once per process (binding and a self-test): off the event loop.
     receiver = await anyio.to_thread.run_sync(credentials.callback_receiver)
-    if credentials.callback_url not in _reported_receivers:
-        _reported_receivers.add(credentials.callback_url)
+    if key not in _task_receivers:  # another task may have got here first: log once
+        _task_receivers[key] = receiver
         logger = get_run_logger()
         if receiver is None:
             logger.warning("callbacks are off in this process (the listener could not start); polling only")
