@@ -167,17 +167,18 @@ async def publish_run_artifacts(
         key=f"{base}-clips",
         description=f"Clips of {run_key}",
     )
-    # Two artifacts per clip, one API call each: made a few at a time (one after the other they took ~6 s
-    # for 200 clips after the last one was stored).
-    limiter = anyio.CapacityLimiter(ARTIFACT_CONCURRENCY)
+    if not clips_published:
+        # Two artifacts per clip, one API call each: made a few at a time (one after the other they took ~6 s
+        # for 200 clips after the last one was stored).
+        limiter = anyio.CapacityLimiter(ARTIFACT_CONCURRENCY)
 
-    async def publish(record: ClipRecord) -> None:
-        async with limiter:
-            await publish_clip_artifacts(run_key, record)
+        async def publish(record: ClipRecord) -> None:
+            async with limiter:
+                await publish_clip_artifacts(run_key, record)
 
-    async with anyio.create_task_group() as group:
-        for record in [] if clips_published else records:
-            group.start_soon(publish, record)
+        async with anyio.create_task_group() as group:
+            for record in records:
+                group.start_soon(publish, record)
     if final is not None and final.url:
         await acreate_link_artifact(final.url, link_text=f"final: {final.uri}", key=f"{base}-final")
     return summary_key
