@@ -1,184 +1,183 @@
-"""The record every flow leaves in Prefect: a markdown summary, a table of clips, links and thumbnails.
+"""What a flow run leaves in the Prefect UI: one compact summary, one table of details, a link to the final video.
 
-All calls are the async ``a*`` twins: in async code the sync names return coroutines, and an un-awaited
-call silently creates nothing.
+At most three flow-level artifacts per run (plus the progress artifact of each job, made by the wait task):
+
+- ``kling-<flow>-summary`` (markdown): the figures, then one row per clip in at most 7 columns that fit a
+  1280 px window (step, prompt shortened, model, status with the failure reason, seconds, cost, picture), and
+  pictures: a filmstrip per clip and, for chains, a seam strip per join. Pictures are small JPEGs inline
+  (``data:image/jpeg;base64``): the UI cannot load ``file://`` images. Local paths are shown as text.
+- ``kling-<flow>-clips`` (table): full job ids, model ids, paths or URIs, estimated and vendor amounts, errors.
+- ``kling-<flow>-final`` (link): the joined video, only when it has a link a browser opens (S3, presigned).
+
+Keys are stable per flow (per deployment when the run has one), so the UI shows each run as a new version of
+the same artifacts. Money is written one way (:func:`~kling_prefect.pricing.format_usd`).
+
+All calls are the async ``a*`` twins: in async code the sync names return coroutines, and an un-awaited call
+silently creates nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import Any
 
-import anyio
-from prefect.artifacts import (
-    acreate_image_artifact,
-    acreate_link_artifact,
-    acreate_markdown_artifact,
-    acreate_table_artifact,
-)
+from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
+from prefect.runtime import deployment
 
-from kling_prefect.storage import StoredObject, artifact_key
+from kling_prefect.pricing import format_usd
+from kling_prefect.runs import ClipRecord, RunResult
+from kling_prefect.storage import artifact_key
+
+__all__ = ["MAX_PICTURES", "SeamPicture", "artifact_base", "publish_run_artifacts"]
+
+#: Pictures embedded in one summary at most (a batch of a thousand clips shows its first ones).
+MAX_PICTURES = 24
+PROMPT_CELL = 48
+REASON_CELL = 90
 
 
 @dataclass(frozen=True)
-class ClipRecord:
-    """One row of a run's record: what was asked, what it cost, where the result went (or why it failed)."""
+class SeamPicture:
+    """A join of a chain: the last frame of ``left`` beside the first frame of ``right``, inline."""
 
-    step: str
-    prompt: str
-    model: str
-    status: str
-    job_id: str | None = None
-    video_seconds: int = 0
-    estimated_cost: Decimal | None = None
-    amount: Decimal | None = None
-    uri: str | None = None
-    url: str | None = None
-    thumbnail_url: str | None = None
-    error: str | None = None
+    left: str
+    right: str
+    data_uri: str
 
 
-#: Per-clip artifacts created at once (each is one call to the Prefect API).
-ARTIFACT_CONCURRENCY = 8
-
-#: Vendor-reported amounts above this (USD per job) are not believed: shown and summed as unknown.
-MAX_PLAUSIBLE_AMOUNT = Decimal(100_000)
-
-
-def safe_amount(value: Any) -> Decimal | None:
-    """A vendor-reported ``amount`` as money, or ``None`` when it is not a finite, non-negative, plausible number.
-
-    Responses are untrusted: ``"NaN"``, ``"-5"`` or ``"1e999999999"`` (which would take a gigabyte to print
-    with two decimals) must not reach totals or artifacts.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    if not amount.is_finite() or amount < 0 or amount > MAX_PLAUSIBLE_AMOUNT:
-        return None
-    return amount
+def artifact_base(flow: str) -> str:
+    """``kling-<deployment or flow>``: the stem of a run's artifact keys, stable from run to run."""
+    name = deployment.name or flow
+    return artifact_key("kling", name.removeprefix("kling-"))
 
 
-def _money(value: Decimal | None) -> str:
-    value = safe_amount(value)
-    return "n/a" if value is None else f"${value:.3f}"
-
-
-def _cell(text: str | None, limit: int = 80) -> str:
-    text = (text or "").replace("|", "\\|").replace("\n", " ")
+def _cell(text: str | None, limit: int) -> str:
+    text = (text or "").replace("|", "\\|").replace("\n", " ").strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def totals(records: list[ClipRecord]) -> dict[str, Decimal | int]:
-    """Seconds of video, estimated and vendor-reported cost over the records that created a job.
-
-    ``vendor_amount`` sums the ``amount`` the vendor reported for each created job; ``unreported`` counts the
-    created jobs without one (missing or implausible, see :func:`safe_amount`).
-    """
-    created = [r for r in records if r.job_id]
-    return {
-        "jobs": len(created),
-        "succeeded": sum(1 for r in records if r.status == "stored"),
-        "video_seconds": sum(r.video_seconds for r in created),
-        "estimated_cost": sum((safe_amount(r.estimated_cost) or Decimal(0) for r in created), Decimal(0)),
-        "vendor_amount": sum((safe_amount(r.amount) or Decimal(0) for r in created), Decimal(0)),
-        "unreported": sum(1 for r in created if safe_amount(r.amount) is None),
-    }
+def _status(record: ClipRecord) -> str:
+    if record.stored:
+        return "stored (resumed)" if record.resumed else "stored"
+    return "**failed**: " + _cell(record.reason or record.error, REASON_CELL)
 
 
-async def publish_clip_artifacts(run_key: str, record: ClipRecord) -> None:
-    """Create one clip's link (to its output) and image (its thumbnail) artifacts, when it has them.
+def _where(record: ClipRecord) -> str:
+    """Where a clip is, as markdown: a link only when a browser can open it (http/https)."""
+    if record.url and record.url.startswith(("http://", "https://")):
+        return f"[{_cell(record.step, 40)}.mp4]({record.url})"
+    return f"`{record.local_path or record.uri}`" if (record.local_path or record.uri) else ""
 
-    A flow with many clips calls it as each clip is stored (then ``publish_run_artifacts(...,
-    clips_published=True)``), so the calls spread over the run instead of queuing after the last clip.
-    """
-    base = artifact_key("kling", run_key)
-    if record.url:
-        await acreate_link_artifact(
-            record.url, link_text=f"{record.step}: {record.uri}", key=artifact_key(base, record.step, "video")
+
+def summary_markdown(
+    title: str,
+    result: RunResult,
+    storage: str,
+    seams: Sequence[SeamPicture] = (),
+    extra: Sequence[str] = (),
+) -> str:
+    """The summary's markdown (see the module documentation)."""
+    sums = result.totals
+    lines = [
+        f"# {title}: {result.describe()}",
+        "",
+        f"- run key: `{result.run_key}`",
+        f"- jobs: {sums.created} created in this run, {sums.resumed} resumed from earlier runs, {sums.failed} failed",
+        f"- video stored: {sums.stored_seconds:g} s in {sums.stored} clip{'s' if sums.stored != 1 else ''}",
+        f"- cost: estimated {format_usd(sums.estimated_cost)} for this run's jobs; vendor-reported "
+        f"{format_usd(sums.paid_in_run)} in this run, {format_usd(sums.paid_earlier)} earlier"
+        + (f" ({sums.unreported} job(s) without a reported amount)" if sums.unreported else ""),
+        f"- storage: {storage}",
+    ]
+    if result.final is not None:
+        final = result.final
+        if final.url and final.url.startswith(("http://", "https://")):
+            lines.append(f"- final video: [{final.uri}]({final.url})")
+        else:
+            lines.append(f"- final video: `{final.local_path or final.uri}`")
+    lines += [
+        "",
+        "| step | prompt | model | status | s | cost | picture |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    pictures = 0
+    for record in result.records:
+        picture = ""
+        if record.thumbnail_data_uri and pictures < MAX_PICTURES:
+            picture = f"![{record.step}]({record.thumbnail_data_uri})"
+            pictures += 1
+        cost = format_usd(record.amount if record.amount is not None else record.estimated_cost, unknown="—")
+        lines.append(
+            f"| {_cell(record.step, 24)} | {_cell(record.prompt, PROMPT_CELL)} | {record.short_model} "
+            f"| {_status(record)} | {record.video_seconds if record.job_id else 0} | {cost} | {picture} |"
         )
-    if record.thumbnail_url:
-        await acreate_image_artifact(record.thumbnail_url, key=artifact_key(base, record.step, "thumbnail"))
+    if len(result.records) > MAX_PICTURES and pictures == MAX_PICTURES:
+        lines.append(f"\nPictures of the first {MAX_PICTURES} clips; every clip is in the table artifact.")
+    strips = [r for r in result.records if r.filmstrip_data_uri][:MAX_PICTURES]
+    if strips:
+        lines += ["", "## Clips", ""]
+        for record in strips:
+            lines += [
+                f"**{record.step}** {_where(record)}",
+                "",
+                f"![{record.step} filmstrip]({record.filmstrip_data_uri})",
+                "",
+            ]
+    if seams:
+        lines += ["", "## Joins (last frame | first frame)", ""]
+        for seam in seams[:MAX_PICTURES]:
+            lines += [f"**{seam.left} → {seam.right}**", "", f"![{seam.left} to {seam.right}]({seam.data_uri})", ""]
+    lines += list(extra)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def table_rows(result: RunResult) -> list[dict[str, str | int | bool]]:
+    """The table artifact: every detail of every clip."""
+    return [
+        {
+            "step": r.step,
+            "status": r.status,
+            "resumed": r.resumed,
+            "model": r.model,
+            "job_id": r.job_id or "",
+            "video_seconds": r.video_seconds if r.job_id else 0,
+            "estimated_cost": format_usd(r.estimated_cost, unknown=""),
+            "vendor_amount": format_usd(r.amount, unknown=""),
+            "output": r.uri or "",
+            "prompt": r.prompt,
+            "error": r.error or "",
+        }
+        for r in result.records
+    ]
 
 
 async def publish_run_artifacts(
     *,
+    flow: str,
     title: str,
-    run_key: str,
-    records: list[ClipRecord],
-    final: StoredObject | None = None,
-    storage: str = "",
-    clips_published: bool = False,
+    result: RunResult,
+    storage: str,
+    seams: Sequence[SeamPicture] = (),
+    extra: Sequence[str] = (),
 ) -> str:
-    """Create the summary (markdown), clips (table), links and thumbnail images for one run.
-
-    ``clips_published``: the per-clip links and images were made already (:func:`publish_clip_artifacts`).
-    Returns the summary's artifact key (``<run-key>-summary``).
-    """
-    base = artifact_key("kling", run_key)
-    sums = totals(records)
-    lines = [
-        f"# {title}",
-        "",
-        f"- run key: `{run_key}`",
-        f"- storage: {storage or 'n/a'}",
-        f"- jobs: {sums['jobs']} created, {sums['succeeded']} stored, {len(records) - sums['succeeded']} not stored",
-        f"- video: {sums['video_seconds']} s",
-        f"- cost: estimated {_money(sums['estimated_cost'])}, vendor-reported {_money(sums['vendor_amount'])}"  # type: ignore[arg-type]
-        + (f" ({sums['unreported']} job(s) without a usable reported amount)" if sums["unreported"] else ""),
-    ]
-    if final is not None:
-        lines.append(f"- final video: [{final.uri}]({final.url or final.uri})")
-    lines += [
-        "",
-        "| step | model | prompt | job id | status | seconds | estimated | vendor amount | output | thumbnail |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        output = f"[{_cell(r.uri, 60)}]({r.url or r.uri})" if r.uri else _cell(r.error, 200)
-        thumb = f"![{r.step}]({r.thumbnail_url})" if r.thumbnail_url else ""
-        lines.append(
-            f"| {r.step} | {r.model} | {_cell(r.prompt, 60)} | {_cell(r.job_id, 64) or '—'} | {r.status} "
-            f"| {r.video_seconds} "
-            f"| {_money(r.estimated_cost)} | {_money(r.amount)} | {output} | {thumb} |"
-        )
+    """Create the run's summary, table and (when it opens) final-video link; returns the summary's key."""
+    base = artifact_base(flow)
     summary_key = f"{base}-summary"
-    await acreate_markdown_artifact("\n".join(lines), key=summary_key, description=f"{title} ({run_key})")
-    await acreate_table_artifact(
-        [
-            {
-                "step": r.step,
-                "model": r.model,
-                "prompt": r.prompt,
-                "job_id": r.job_id or "",
-                "status": r.status,
-                "video_seconds": r.video_seconds,
-                "estimated_cost_usd": str(r.estimated_cost) if r.estimated_cost is not None else "",
-                "vendor_amount_usd": str(safe_amount(r.amount)) if safe_amount(r.amount) is not None else "",
-                "uri": r.uri or "",
-                "error": r.error or "",
-            }
-            for r in records
-        ],
-        key=f"{base}-clips",
-        description=f"Clips of {run_key}",
+    description = f"{title} {result.run_key}: {result.describe()}"
+    await acreate_markdown_artifact(
+        summary_markdown(title, result, storage, seams, extra), key=summary_key, description=description
     )
-    if not clips_published:
-        # Two artifacts per clip, one API call each: made a few at a time (one after the other they took ~6 s
-        # for 200 clips after the last one was stored).
-        limiter = anyio.CapacityLimiter(ARTIFACT_CONCURRENCY)
-
-        async def publish(record: ClipRecord) -> None:
-            async with limiter:
-                await publish_clip_artifacts(run_key, record)
-
-        async with anyio.create_task_group() as group:
-            for record in records:
-                group.start_soon(publish, record)
-    if final is not None and final.url:
-        await acreate_link_artifact(final.url, link_text=f"final: {final.uri}", key=f"{base}-final")
+    await acreate_table_artifact(
+        table_rows(result),
+        key=f"{base}-clips",
+        description=f"Every clip of {result.run_key}: job ids, models, outputs, costs, errors",
+    )
+    final = result.final
+    if final is not None and final.url and final.url.startswith(("http://", "https://")):
+        await acreate_link_artifact(
+            final.url,
+            link_text=f"final video of {result.run_key}",
+            key=f"{base}-final",
+            description=f"The joined video of {result.run_key} ({final.uri}); the link is valid for 7 days",
+        )
     return summary_key

@@ -22,19 +22,11 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from kling_prefect.exceptions import BatchInputError
 from kling_prefect.models import KlingRequest, request_model_for
+from kling_prefect.planning import describe_validation_error
 
 MAX_ITEMS = 10_000
-
-
-class BatchInputError(ValueError):
-    """One or more batch items are invalid; ``problems`` lists them (``line N: field: why``)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{len(problems)} invalid batch item(s); nothing was created:\n  {shown}{more}")
 
 
 @dataclass(frozen=True)
@@ -42,18 +34,6 @@ class BatchItem:
     step: str
     request: KlingRequest
     source: str
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """``field: message (got value)`` for each pydantic error, joined by ``; ``."""
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "request"
-        value = item.get("input")
-        shown = repr(value) if not isinstance(value, dict) else "{...}"
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        parts.append(f"{where}: {item['msg']} (got {shown})")
-    return "; ".join(parts)
 
 
 def _bool_fields(model: type[KlingRequest]) -> set[str]:

@@ -33,7 +33,7 @@ Examples:
         receiver = callback_receiver("http://127.0.0.1:{port}")  # the vendor must be able to reach this URL
         async with ShortAPIClient(callbacks=receiver) as client:
             created = await client.create_job(KlingO3TextToVideo(prompt="A kite over dunes"))
-            job = await client.wait_for_job(created.job_id, callback_url=created.callback_url)
+            job = await client.wait_for_job(created)  # it carries the callback URL
     ```
 """
 
@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from kling_prefect.waiting import Doorbell
+from kling_prefect.waiting.doorbell import Doorbell
 
 logger = logging.getLogger("kling_prefect.callbacks")
 

@@ -56,7 +56,7 @@ def _flow_check(check: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
 
 
 def _concurrency(text: str) -> int:
-    from kling_prefect.flows import MAX_CONCURRENCY, check_number
+    from kling_prefect.planning import MAX_CONCURRENCY, check_number
 
     value = _positive_int(text)
     _flow_check(check_number, "max_concurrency", value, minimum=1, maximum=MAX_CONCURRENCY)
@@ -64,7 +64,7 @@ def _concurrency(text: str) -> int:
 
 
 def _poll_seconds(text: str) -> float:
-    from kling_prefect.flows import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, check_number
+    from kling_prefect.planning import MAX_POLL_INTERVAL, MIN_POLL_INTERVAL, check_number
 
     try:
         value = float(text)
@@ -75,7 +75,7 @@ def _poll_seconds(text: str) -> float:
 
 
 def _run_key(text: str) -> str:
-    from kling_prefect.flows import check_run_key
+    from kling_prefect.planning import check_run_key
 
     _flow_check(check_run_key, text)
     return text
@@ -279,9 +279,9 @@ def _run_parameters(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
-    from kling_prefect import flows
+    from kling_prefect import flows, planning
 
-    planned = flows.plan_chain(
+    planned = planning.plan_chain(
         args.model,
         args.prompts,
         duration=args.duration,
@@ -289,7 +289,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
         mode=args.mode,
         continuation_duration=args.continuation_duration,
     )
-    flows.check_budget(planned, args.max_cost)
+    planning.check_budget(planned, args.max_cost)
     _check_credentials(args.credentials_block)
     result = _run_flow(
         lambda: flows.continuation(
@@ -308,11 +308,11 @@ def cmd_chain(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from kling_prefect import flows
+    from kling_prefect import flows, planning
     from kling_prefect.batchfile import load_batch_items
 
     items = load_batch_items(file=args.file, default_model=args.model)
-    flows.check_budget([item.request for item in items], args.max_cost)
+    planning.check_budget([item.request for item in items], args.max_cost)
     _check_credentials(args.credentials_block)
     result = _run_flow(
         lambda: flows.batch(
@@ -329,7 +329,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from kling_prefect import flows
+    from kling_prefect import planning
     from kling_prefect.batchfile import load_batch_items
     from kling_prefect.models import request_model_for
     from kling_prefect.pricing import estimate_cost
@@ -343,7 +343,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if args.audio:
             fields = request_model_for(args.model).model_fields
             audio = {"sound": "on"} if "sound" in fields else {"generate_audio": True}
-        requests = flows.plan_chain(
+        requests = planning.plan_chain(
             args.model,
             args.prompts,
             duration=args.duration,
@@ -362,7 +362,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         }
         for r in requests
     ]
-    total = flows.check_budget(requests, None)
+    total = planning.check_budget(requests, None)
     if args.json:
         print(json.dumps({"requests": rows, "total_usd": str(total)}, indent=2))
     else:
@@ -440,8 +440,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
 
-    from kling_prefect.batchfile import BatchInputError, describe_validation_error
-    from kling_prefect.exceptions import BudgetExceeded, InvalidInput, ShortAPIError
+    from kling_prefect.exceptions import BatchInputError, BudgetExceeded, InvalidInput, ShortAPIError
+    from kling_prefect.planning import describe_validation_error
 
     try:
         return COMMANDS[args.command](args)

@@ -26,12 +26,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
+from prefect.concurrency.asyncio import concurrency, rate_limit
 from prefect.exceptions import ObjectNotFound
+
+from kling_prefect.credentials import ShortAPICredentials
+from kling_prefect.exceptions import ConcurrencyLimitUnavailable
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -42,24 +45,6 @@ DEFAULT_JOBS_LIMIT = "kling-jobs-in-flight"
 DEFAULT_CREATE_RATE_LIMIT = "kling-job-creates"
 #: Seconds a held slot survives without renewal (the holder renews it at 75 % of this while it runs).
 DEFAULT_LEASE_SECONDS = 300.0
-
-
-class ConcurrencyLimitUnavailable(ConcurrencySlotAcquisitionError):
-    """The named limit does not exist on the Prefect server, is inactive, or is of the wrong kind.
-
-    A subclass of Prefect's ``ConcurrencySlotAcquisitionError``: code catching that keeps working.
-    """
-
-    def __init__(self, message: str, *, limit_name: str) -> None:
-        super().__init__(message)
-        self.limit_name = limit_name
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across task runners and processes
-        return (_rebuild_unavailable, (str(self), self.limit_name))
-
-
-def _rebuild_unavailable(message: str, limit_name: str) -> ConcurrencyLimitUnavailable:
-    return ConcurrencyLimitUnavailable(message, limit_name=limit_name)
 
 
 def _api_url() -> str:
@@ -187,8 +172,6 @@ async def setup_limits(
         raise ValueError(f"creates_per_second: must be positive, got {creates_per_second}")
     if creates_per_second and create_limit_name == jobs_limit_name:
         raise ValueError("the create rate limit needs a name of its own (it decays; the jobs limit must not)")
-    from kling_prefect.credentials import ShortAPICredentials
-
     done = [f"Prefect API: {_api_url()}"]
     try:
         await ShortAPICredentials.aregister_type_and_schema()

@@ -25,6 +25,7 @@ Examples:
     | ``SHORTAPI_MAX_RETRY_AFTER`` | ``max_retry_after`` | 300 s |
     | ``SHORTAPI_CALLBACK_URL`` | ``callback_url`` | none (poll only) |
     | ``SHORTAPI_CALLBACK_LISTEN`` | ``callback_listen`` | ``127.0.0.1:0`` |
+    | ``SHORTAPI_MAX_QUERIES_PER_SECOND`` | ``max_queries_per_second`` | 10 (0: no cap) |
 
     Retries apply to queries and downloads only: a ``job/create`` is never retried by the client (see
     :class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`).
@@ -35,19 +36,25 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-if TYPE_CHECKING:
-    from kling_prefect.callbacks import CallbackReceiver
-    from kling_prefect.client import RetryPolicy, ShortAPIClient, SyncShortAPIClient
+from kling_prefect.callbacks import CallbackReceiver, callback_receiver, check_public_url, parse_listen
+from kling_prefect.client import (
+    DEFAULT_BASE_URL,
+    ENV_BASE_URL,
+    ENV_KEY,
+    RetryPolicy,
+    ShortAPIClient,
+    SyncShortAPIClient,
+)
+from kling_prefect.waiting import DEFAULT_QUERIES_PER_SECOND
 
-DEFAULT_BASE_URL = "https://api.shortapi.ai"
-ENV_KEY = "SHORTAPI_KEY"
-ENV_BASE_URL = "SHORTAPI_BASE_URL"
+__all__ = ["ENV_SETTINGS", "ShortAPICredentials", "check_base_url"]
+
 ENV_CALLBACK_URL = "SHORTAPI_CALLBACK_URL"
 ENV_CALLBACK_LISTEN = "SHORTAPI_CALLBACK_LISTEN"
 
@@ -59,6 +66,7 @@ ENV_SETTINGS: dict[str, tuple[str, type]] = {
     "SHORTAPI_RETRY_BASE_DELAY": ("retry_base_delay", float),
     "SHORTAPI_RETRY_MAX_DELAY": ("retry_max_delay", float),
     "SHORTAPI_MAX_RETRY_AFTER": ("max_retry_after", float),
+    "SHORTAPI_MAX_QUERIES_PER_SECOND": ("max_queries_per_second", float),
 }
 
 
@@ -77,7 +85,7 @@ def check_base_url(value: str) -> str:
 
 
 class ShortAPICredentials(CredentialsBlock):
-    """Credentials and connection settings for ShortAPI's job API.
+    """Credentials and connection settings for ShortAPI's job API (Kling video generation).
 
     Attributes:
         api_key: the ShortAPI key, sent as ``Authorization: Bearer``; stored encrypted, shown as ``**********``.
@@ -90,10 +98,22 @@ class ShortAPICredentials(CredentialsBlock):
         callback_url: where the vendor can reach this process's callback listener (``{port}``: the port
             bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
+        max_queries_per_second: the cap on job queries per second shared by every wait in a process (0: none).
+
+    Examples:
+        Load a saved block and make a client:
+        ```python
+        from kling_prefect import ShortAPICredentials
+
+        credentials = ShortAPICredentials.load("BLOCK_NAME")
+        client = credentials.get_client()
+        ```
     """
 
     _block_type_name = "ShortAPI Credentials"
     _block_type_slug = "shortapi-credentials"
+    # Where the key and the API root come from: the vendor's API documentation.
+    _documentation_url = "https://shortapi.ai/"  # type: ignore[assignment]
 
     api_key: SecretStr = Field(description="ShortAPI API key.")
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API root URL (http or https).")
@@ -114,6 +134,12 @@ class ShortAPICredentials(CredentialsBlock):
         description="Public base URL of this process's callback listener ({port}: the bound port); unset: poll only.",
     )
     callback_listen: str = Field(default="127.0.0.1:0", description="host:port the callback listener binds.")
+    max_queries_per_second: float = Field(
+        default=DEFAULT_QUERIES_PER_SECOND,
+        ge=0,
+        allow_inf_nan=False,
+        description="Cap on job queries per second shared by every wait in a process (0: no cap).",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -123,15 +149,11 @@ class ShortAPICredentials(CredentialsBlock):
     @field_validator("callback_url")
     @classmethod
     def _check_callback_url(cls, value: str | None) -> str | None:
-        from kling_prefect.callbacks import check_public_url
-
         return check_public_url(value) if value and value.strip() else None
 
     @field_validator("callback_listen")
     @classmethod
     def _check_callback_listen(cls, value: str) -> str:
-        from kling_prefect.callbacks import parse_listen
-
         parse_listen(value)
         return value.strip()
 
@@ -154,8 +176,6 @@ class ShortAPICredentials(CredentialsBlock):
                 settings["base_url"] = check_base_url(base_url)
             except ValueError as exc:
                 raise ValueError(f"{ENV_BASE_URL}: {exc}") from None
-        from kling_prefect.callbacks import check_public_url, parse_listen
-
         for variable, name, check in (
             (ENV_CALLBACK_URL, "callback_url", check_public_url),
             (ENV_CALLBACK_LISTEN, "callback_listen", parse_listen),
@@ -179,8 +199,6 @@ class ShortAPICredentials(CredentialsBlock):
 
     def retry_policy(self) -> RetryPolicy:
         """The :class:`~kling_prefect.client.RetryPolicy` these settings describe."""
-        from kling_prefect.client import RetryPolicy
-
         return RetryPolicy(
             max_attempts=self.retry_attempts,
             base_delay=self.retry_base_delay,
@@ -196,6 +214,7 @@ class ShortAPICredentials(CredentialsBlock):
             "connect_timeout": self.connect_timeout,
             "read_timeout": self.read_timeout,
             "retry": self.retry_policy(),
+            "max_queries_per_second": self.max_queries_per_second,
         }
 
     def callback_receiver(self) -> CallbackReceiver | None:
@@ -205,20 +224,14 @@ class ShortAPICredentials(CredentialsBlock):
         """
         if not self.callback_url:
             return None
-        from kling_prefect.callbacks import callback_receiver
-
         return callback_receiver(self.callback_url, self.callback_listen)
 
     def get_client(self) -> ShortAPIClient:
         """An async :class:`~kling_prefect.client.ShortAPIClient` configured from this block."""
-        from kling_prefect.client import ShortAPIClient
-
         return ShortAPIClient(**self.client_options(), callbacks=self.callback_receiver())
 
     def get_sync_client(self) -> SyncShortAPIClient:
         """The blocking twin, :class:`~kling_prefect.client.SyncShortAPIClient`."""
-        from kling_prefect.client import SyncShortAPIClient
-
         return SyncShortAPIClient(**self.client_options(), callbacks=self.callback_receiver())
 
 
@@ -245,11 +258,3 @@ def _field_problem(name: str, value: float | int) -> str | None:
             if bound is not None and not test(value, bound):
                 return f"must be {words} {bound}"
     return None
-
-
-def redact(text: str, secret: SecretStr | str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced, for anything that may echo a request back."""
-    value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
-    if value and value in text:
-        return text.replace(value, "**********")
-    return text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+
 
 class ShortAPIError(Exception):
     """Base of every error this package raises about the ShortAPI service.
@@ -32,7 +34,8 @@ class ShortAPIError(Exception):
         self.job_id = job_id
         self.status_code = status_code
         self.raw = raw
-        self.submitted: Any = None
+        self.submitted: Any = None  # the SubmittedJob, once the error happened after a job was created
+        self.resumed = False  # that job was created by an earlier attempt or run (not paid for in this one)
 
     def __str__(self) -> str:
         where = f" (job {self.job_id})" if self.job_id else ""
@@ -137,3 +140,34 @@ class InvalidInput(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.field, self.reason))
+
+
+class BatchInputError(ValueError):
+    """One or more batch items are invalid; ``problems`` lists them (``line N: field: why``). Nothing was created."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} invalid batch item(s); nothing was created:\n  {shown}{more}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
+
+
+class ConcurrencyLimitUnavailable(ConcurrencySlotAcquisitionError):
+    """The named Prefect limit does not exist on the server, is inactive, or is of the wrong kind.
+
+    A subclass of Prefect's ``ConcurrencySlotAcquisitionError``: code catching that keeps working.
+    """
+
+    def __init__(self, message: str, *, limit_name: str) -> None:
+        super().__init__(message)
+        self.limit_name = limit_name
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across task runners and processes
+        return (_rebuild_unavailable, (str(self), self.limit_name))
+
+
+def _rebuild_unavailable(message: str, limit_name: str) -> ConcurrencyLimitUnavailable:
+    return ConcurrencyLimitUnavailable(message, limit_name=limit_name)

@@ -1,46 +1,34 @@
-"""Price estimates from the vendor's documented per-second rates (``shared/seeds``).
+"""Price estimates from the vendor's documented per-second rates, and the one way money is written.
 
-The vendor reports what it actually charged as ``amount`` when a job is created; the estimate is what we
-can know *before* spending, and is what budgets (``max_cost_usd``) are checked against.
+The rates live with each model (``KlingO3TextToVideo.facts.rates``, from ``shared/seeds``). The vendor reports
+what it actually charged as ``amount`` when a job is created; the estimate is what we can know *before*
+spending, and is what budgets (``max_cost_usd``) are checked against.
+
+Examples:
+    ```python
+    from kling_prefect import KlingO3TextToVideo, estimate_cost
+    from kling_prefect.pricing import format_usd
+
+    cost = estimate_cost(KlingO3TextToVideo(prompt="x", duration=10, sound="on"))  # Decimal('1.190')
+    format_usd(cost)  # '$1.19'
+    ```
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kling_prefect.models import KlingRequest
 
-D = Decimal
-
-# USD per second of video, by model id, then (mode, audio).
-# kling-o1/image-to-video: the page prices pro at "$0.1 per request", std at $0.075 per *second*. We read
-# "per request" as a slip for "per second" (the sibling text-to-video page says $0.1 per second for pro):
-# that reading is also the higher estimate (0.50 vs 0.10 for 5 s), so a budget errs on the safe side.
-RATES_PER_SECOND: dict[str, dict[tuple[str, bool], Decimal]] = {
-    "kwaivgi/kling-o1/text-to-video": {("std", False): D("0.075"), ("pro", False): D("0.1")},
-    "kwaivgi/kling-o1/image-to-video": {("std", False): D("0.075"), ("pro", False): D("0.1")},
-    "kwaivgi/kling-o3/text-to-video": {
-        ("std", False): D("0.071"),
-        ("std", True): D("0.095"),
-        ("pro", False): D("0.095"),
-        ("pro", True): D("0.119"),
-    },
-    "kwaivgi/kling-3.0/text-to-video": {
-        ("std", False): D("0.143"),
-        ("std", True): D("0.214"),
-        ("pro", False): D("0.190"),
-        ("pro", True): D("0.286"),
-    },
-    "kwaivgi/kling-2.6/text-to-video": {("pro", False): D("0.06"), ("pro", True): D("0.12")},
-}
+__all__ = ["estimate_cost", "estimate_total", "format_usd", "rate_per_second"]
 
 
 def rate_per_second(request: KlingRequest) -> Decimal:
     """The documented USD rate per second of video for this request's model, mode and audio."""
-    mode = str(getattr(request, "mode", "pro"))
-    return RATES_PER_SECOND[request.model_id][(mode, request.has_audio)]
+    return request.facts.rate(request.mode_name, request.has_audio)
 
 
 def estimate_cost(request: KlingRequest) -> Decimal:
@@ -56,6 +44,23 @@ def estimate_cost(request: KlingRequest) -> Decimal:
     return rate_per_second(request) * request.video_seconds
 
 
-def estimate_total(requests: list[KlingRequest]) -> Decimal:
+def estimate_total(requests: Iterable[KlingRequest]) -> Decimal:
     """Sum of :func:`estimate_cost` over many requests (``Decimal('0')`` for none)."""
     return sum((estimate_cost(r) for r in requests), Decimal("0"))
+
+
+def format_usd(value: Decimal | float | int | None, *, unknown: str = "n/a") -> str:
+    """Money as every output of this package writes it: ``$`` and cents, a third decimal only when it is
+    needed (rates are quoted to a tenth of a cent): ``$0.50``, ``$1.00``, ``$0.213``, ``$12.35``.
+
+    ``None`` (an amount the vendor did not report) is written as ``unknown``.
+    """
+    if value is None:
+        return unknown
+    amount = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not amount.is_finite():
+        return unknown
+    text = f"{amount:,.3f}"
+    if text.endswith("0"):
+        text = text[:-1]
+    return ("-$" + text[1:]) if text.startswith("-") else "$" + text

@@ -314,13 +314,16 @@ def test_backoff_is_capped_jittered_and_respects_retry_after() -> None:
     assert policy.delay(0, retry_after=1000) <= 60
 
 
-def test_poll_schedule_waits_for_expected_time_then_tightens() -> None:
-    poll = PollPolicy(min_interval=2, max_interval=30, jitter=0)
-    assert poll.next_interval(0, 100, None) == 30  # nothing to see for the first 80 s: long sleeps
-    assert poll.next_interval(79, 100, None) == 2  # near: the floor
-    assert poll.next_interval(96, 100, None) == 2
-    assert poll.next_interval(200, 100, None) == 12  # overdue: slowly growing
-    assert poll.next_interval(0, None, 4) == 6  # no expectation: geometric growth
+async def test_a_created_job_carries_what_its_wait_plans_by(client, emulator) -> None:
+    from kling_prefect.waiting import DurationModel, JobKind
+
+    created = await client.create_job(REQUEST)
+    assert created.kind == JobKind.of(REQUEST) and created.created_at > 0
+    model = DurationModel()
+    job = await client.wait_for_job(created, timeout=30, durations=model)
+    assert job.state == "succeeded"
+    # the created job's kind and creation time were used: its duration was learned under that kind
+    assert model.learned(created.kind) is not None and model.known_kinds() == [created.kind]
 
 
 @pytest.mark.parametrize(
@@ -328,6 +331,6 @@ def test_poll_schedule_waits_for_expected_time_then_tightens() -> None:
     [("0.475", Decimal("0.475")), (1, Decimal(1)), ("NaN", None), ("-1", None), ("1e999999999", None), (True, None)],
 )
 def test_vendor_amount_is_parsed_only_when_plausible(amount, expected) -> None:
-    from kling_prefect.client import _parse_amount
+    from kling_prefect.client import parse_amount
 
-    assert _parse_amount(amount) == expected
+    assert parse_amount(amount) == expected

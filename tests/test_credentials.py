@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from kling_prefect import KlingO1TextToVideo, ShortAPICredentials
-from kling_prefect.credentials import DEFAULT_BASE_URL, redact
+from kling_prefect.client import DEFAULT_BASE_URL, redact
 
 
 def test_registered_as_a_prefect_collection() -> None:

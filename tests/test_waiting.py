@@ -20,7 +20,14 @@ import pytest
 from kling_prefect import KlingO1TextToVideo, KlingO3TextToVideo, ShortAPIClient
 from kling_prefect.client import PollPolicy, shared_http_client
 from kling_prefect.emulator import Emulator
-from kling_prefect.waiting import DurationEstimate, DurationModel, JobKind, default_duration_model, simulate_waits
+from kling_prefect.waiting import (
+    DurationEstimate,
+    DurationFile,
+    DurationModel,
+    JobKind,
+    default_duration_model,
+    simulate_waits,
+)
 
 from .conftest import TEST_KEY
 
@@ -29,61 +36,61 @@ KIND = JobKind(O3, "std", 5)
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_waiting.py"
 
 
-def queries_until(policy: PollPolicy, done_at: float, estimate: DurationEstimate | None, seed: int = 0):
+def queries_until(policy: PollPolicy, done_at: float, estimate: DurationEstimate, seed: int = 0):
     """Walk the schedule of one job that completes ``done_at`` s after creation: (queries, detection delay)."""
     rng = random.Random(seed)
-    pending_at, previous, queries = 0.0, None, 0
+    pending_at, queries = 0.0, 0
     while True:
-        interval = policy.learned_interval(pending_at, estimate, previous, rng)
-        asked_at = pending_at + interval
+        asked_at = pending_at + policy.next_query(pending_at, estimate, rng)
         queries += 1
         if asked_at >= done_at:
             return queries, asked_at - done_at
-        pending_at, previous = asked_at, interval
+        pending_at = asked_at
         assert queries < 10_000
 
 
 # --------------------------------------------------------------------------------------------- schedule
 
 
-def test_without_knowledge_intervals_grow_geometrically_to_the_cap() -> None:
-    policy = PollPolicy(min_interval=2, cold_growth=1.5, cold_max_interval=30, jitter=0)
-    intervals, previous = [], None
-    for _ in range(10):
-        previous = policy.learned_interval(0, None, previous)
-        intervals.append(previous)
-    assert intervals[:4] == [2, 3, 4.5, 6.75]
-    assert intervals[-1] == 30 and max(intervals) == 30
-    assert [PollPolicy(jitter=0).learned_interval(0, None, p) for p in (None, 2, 8, 16)] == [2, 4, 16, 20]
+def test_a_wide_prior_queries_early_and_close_to_the_interval() -> None:
+    # Before any job of any kind was seen: the prior around the model's typical time (135 s for o3 pro 5 s).
+    prior = DurationModel().estimate(JobKind(O3, "pro", 5))
+    assert prior.observations == 0 and prior.median == 135 and prior.sigma >= 0.8
+    policy = PollPolicy(min_interval=2, max_skip=1000, jitter=0)
+    first = policy.next_query(0, prior, None)
+    assert first == pytest.approx(prior.quantile(0.01) + 2)  # the same rule as with knowledge
+    assert 10 < first < 30  # a wide belief: the first query comes early, in case the vendor is much faster
+    # through the prior's body intervals stay within a few times the detection target
+    assert all(2 <= policy.next_query(t, prior, None) < 8 for t in (30, 60, 120, 240))
 
 
 def test_learned_schedule_skips_while_the_job_cannot_be_done_then_tightens() -> None:
     policy = PollPolicy(min_interval=2, max_interval=30, max_skip=1000, jitter=0)
     estimate = DurationEstimate(median=100, sigma=0.1, observations=20)
-    first = policy.learned_interval(0, estimate, None)
+    first = policy.next_query(0, estimate)
     # one sleep to where 1% of such jobs are done (plus the query interval): no queries before
     assert first == pytest.approx(estimate.quantile(0.01) + 2)
     # completion likely: about every min_interval (a little more, within the late budget)
     for elapsed in (90, 95, 100, 105, 110):
-        assert 2 <= policy.learned_interval(elapsed, estimate, 2) < 2.5
+        assert 2 <= policy.next_query(elapsed, estimate) < 2.5
     overdue = estimate.quantile(policy.overdue_quantile)
-    assert policy.learned_interval(overdue + 50, estimate, 2) == pytest.approx(2 + 0.1 * 50)  # slowly growing
-    assert policy.learned_interval(overdue + 10_000, estimate, 2) == 30  # capped
+    assert policy.next_query(overdue + 50, estimate) == pytest.approx(2 + 0.1 * 50)  # slowly growing
+    assert policy.next_query(overdue + 10_000, estimate) == 30  # capped
 
 
 def test_a_skip_never_exceeds_max_skip() -> None:
     policy = PollPolicy(min_interval=2, max_skip=60, jitter=0)
-    assert policy.learned_interval(0, DurationEstimate(median=1000, sigma=0.1, observations=5), None) == 60
+    assert policy.next_query(0, DurationEstimate(median=1000, sigma=0.1, observations=5)) == 60
 
 
 def test_jitter_spreads_queries_but_never_lengthens_a_skip() -> None:
     policy = PollPolicy(min_interval=2, max_skip=1000, jitter=0.2)
     estimate = DurationEstimate(median=100, sigma=0.1, observations=20)
     rng = random.Random(3)
-    skips = [policy.learned_interval(0, estimate, None, rng) for _ in range(200)]
+    skips = [policy.next_query(0, estimate, rng) for _ in range(200)]
     exact = estimate.quantile(0.01) + 2
     assert max(skips) <= exact and min(skips) >= exact * 0.8 and len(set(skips)) > 150
-    near = [policy.learned_interval(98, estimate, 2, rng) for _ in range(200)]
+    near = [policy.next_query(98, estimate, rng) for _ in range(200)]
     assert 1.6 <= min(near) < 2 < max(near) <= 2.5 * 1.2
 
 
@@ -104,31 +111,33 @@ def test_a_much_slower_job_than_expected_is_polled_ever_less_often() -> None:
     assert queries < 200 and delay <= 30 * 1.2  # an hour-long straggler: ~2 queries a minute, not 30
 
 
-def test_knowledge_cuts_queries_and_keeps_detection_within_seconds() -> None:
+def test_knowledge_cuts_queries_and_keeps_detection_within_the_interval() -> None:
     policy = PollPolicy(min_interval=2)
     truth = DurationEstimate(median=120, sigma=0.08, observations=0)
     rng = random.Random(5)
     durations = [truth.quantile(rng.random()) for _ in range(300)]
     learned = DurationEstimate(median=120, sigma=0.1, observations=30)
-    cold = [queries_until(policy, d, None, i) for i, d in enumerate(durations)]
+    prior = DurationEstimate(median=120, sigma=0.9, observations=0)
     warm = [queries_until(policy, d, learned, i) for i, d in enumerate(durations)]
+    cold = [queries_until(policy, d, prior, i) for i, d in enumerate(durations)]
     plain = sum(math.ceil(d / 5) for d in durations)  # the vendor's loop: every 5 s
 
     def p95(results: list[tuple[int, float]]) -> float:
         return sorted(d for _, d in results)[int(0.95 * len(results))]
 
     assert sum(q for q, _ in warm) < 0.6 * plain
-    assert p95(warm) < 3  # seen within seconds
-    assert p95(cold) > 10  # without knowledge, long waits have long intervals
+    assert p95(warm) < 2.5  # seen within the interval (+ jitter)
+    # a wide prior costs more queries than knowledge, and still notices within a few intervals
+    assert sum(q for q, _ in warm) < sum(q for q, _ in cold) and p95(cold) < 10
 
 
 def test_scaled_policy() -> None:
     policy = PollPolicy.scaled(0.2)
-    assert (policy.min_interval, policy.max_interval, policy.max_skip, policy.cold_max_interval) == (
+    assert (policy.min_interval, policy.max_interval, policy.max_skip, policy.callback_fallback) == (
         0.2,
         pytest.approx(3.0),
         pytest.approx(6.0),
-        pytest.approx(2.0),
+        pytest.approx(6.0),
     )
     assert PollPolicy.scaled(2.0, 10).max_interval == 10
     assert PollPolicy.scaled(2.0) == PollPolicy()
@@ -141,7 +150,7 @@ def test_scaled_policy() -> None:
 
 def test_model_learns_the_midpoint_and_narrows_with_evidence() -> None:
     model = DurationModel()
-    assert model.estimate(KIND) is None
+    assert model.learned(KIND) is None and model.estimate(KIND).observations == 0  # a prior only
     assert model.observe(KIND, pending_at=88, done_by=92)
     one = model.estimate(KIND)
     assert one is not None and one.median == pytest.approx(90) and one.observations == 1
@@ -152,7 +161,21 @@ def test_model_learns_the_midpoint_and_narrows_with_evidence() -> None:
     many = model.estimate(KIND)
     assert many is not None and many.sigma < one.sigma and 0.03 < many.sigma < 0.12
     assert many.median == pytest.approx(90, rel=0.05)
-    assert model.estimate(JobKind(O3, "pro", 5)) is None  # kinds are learned separately
+    assert model.learned(JobKind(O3, "pro", 5)) is None  # kinds are learned separately
+
+
+def test_the_first_completions_calibrate_the_prior_of_every_kind() -> None:
+    model = DurationModel()
+    pro10 = JobKind(O3, "pro", 10)
+    cold = model.estimate(pro10)
+    assert cold.median == pytest.approx(70 + 13 * 10) and cold.sigma == model.cold_sigma
+    # The vendor turns out 3x faster than typical on o3 std 5 s (typical 45 + 9 * 5 = 90 s): 30 s.
+    model.observe(KIND, pending_at=29, done_by=31)
+    informed = model.estimate(pro10)
+    assert informed.observations == 0 and informed.median == pytest.approx(200 / 3, rel=0.01)
+    assert informed.sigma == model.informed_sigma < cold.sigma
+    unknown = model.estimate(JobKind("vendor/new-model", "pro", 5))
+    assert unknown.median == pytest.approx(model.default_typical / 3, rel=0.01)  # typical 120 s, scaled too
 
 
 def test_model_is_robust_to_outliers_and_ignores_vague_observations() -> None:
@@ -162,9 +185,10 @@ def test_model_is_robust_to_outliers_and_ignores_vague_observations() -> None:
     model.observe(KIND, pending_at=1999, done_by=2001)  # a job stuck in the vendor's queue
     estimate = model.estimate(KIND)
     assert estimate is not None and estimate.median == pytest.approx(100, rel=0.01) and estimate.sigma < 0.1
-    assert not model.observe(KIND, pending_at=0, done_by=100)  # first query already done: says little
     assert not model.observe(KIND, pending_at=50, done_by=40)
-    assert model.estimate(KIND).observations == 21
+    assert model.observe(KIND, pending_at=0, done_by=100)  # found done by the first query: "at most 100 s"
+    estimate = model.estimate(KIND)
+    assert estimate.observations == 22 and estimate.median == pytest.approx(100, rel=0.01)  # it says little
 
 
 def test_model_keeps_a_window_of_recent_jobs() -> None:
@@ -196,9 +220,14 @@ async def test_watchers_are_woken_across_threads() -> None:
         threading.Thread(target=lambda: model.observe(KIND, pending_at=9, done_by=10)).start()
         assert await news.wait(30)  # returns as soon as the other thread observed
         assert not await news.wait(0)
-    with model.watch(JobKind(O3, "pro", 5)) as other:
+    other_kind = JobKind(O3, "pro", 5)
+    with model.watch(other_kind) as other:
         model.observe(KIND, pending_at=9, done_by=10)
-        assert not await other.wait(0.01)
+        assert await other.wait(0.01)  # still on its prior, which that completion moved: re-plan
+        model.observe(other_kind, pending_at=19, done_by=20)
+        assert await other.wait(0.01)
+        model.observe(KIND, pending_at=9, done_by=10)
+        assert not await other.wait(0.01)  # learned from its own jobs now: others' completions do not matter
 
 
 # --------------------------------------------------------------------------------------------- pool
@@ -259,7 +288,7 @@ async def test_real_waits_learn_the_job_duration() -> None:
                 return emu.stats().jobs[created.job_id].queries, created.job_id
 
             cold, job_id = await one()
-            learned = model.estimate(kind)
+            learned = model.learned(kind)
             record = emu.stats().jobs[job_id]
             # Learned = the midpoint between the last "pending" and the first "done" answer: after most of the
             # job's 0.5 s, and no later than when the emulator saw its completion detected (load-independent).
@@ -273,7 +302,9 @@ async def test_real_waits_learn_the_job_duration() -> None:
     final = model.estimate(kind)
     assert final is not None and final.observations >= 15
     assert 0.3 < final.median <= latest + 0.05, (final, latest)
-    assert cold >= 2  # the cold wait could not know: it asked more than once
+    # The cold wait believed ~90 s (o3 std 5 s, typical): its first query came after at most max_skip (1.5 s)
+    # and found the job done. It still taught the model "at most that long", and the model converged.
+    assert cold == 1
 
 
 async def test_a_batch_of_waits_shares_what_the_first_completion_taught() -> None:
@@ -381,25 +412,27 @@ def test_saved_durations_load_with_the_same_median_and_a_wider_spread(tmp_path) 
     _observe_many(here, KIND, 30)
     other = JobKind(O3, "pro", 10, True)
     here.observe(other, pending_at=199, done_by=201)
-    assert here.save(path)
+    assert DurationFile(here, path).save()
     assert _stored(path).keys() == {KIND, other} and len(_stored(path)[KIND]) == 30
-    assert not list(path.parent.glob("*.tmp"))  # the temporary file was renamed over the target
+    assert not [p for p in path.parent.iterdir() if ".part" in p.name]  # the temporary was renamed over the target
 
     loaded = DurationModel()
-    assert loaded.load(path) == 31
+    assert DurationFile(loaded, path).load() == 31
     mine, theirs = here.estimate(KIND), loaded.estimate(KIND)
     assert theirs is not None and theirs.observations == mine.observations == 30
     assert theirs.median == pytest.approx(mine.median, rel=1e-12)
     # each loaded observation counts with history_sigma**2 = 0.01 more variance, like a wider detection interval
     assert theirs.sigma > mine.sigma and theirs.sigma**2 == pytest.approx(mine.sigma**2 + 0.01 / 30)
-    one = loaded.estimate(other)
+    one = loaded.learned(other)
     assert one is not None and one.median == pytest.approx(200) and one.sigma > here.estimate(other).sigma
     wide, narrow = DurationModel(history_sigma=0.3), DurationModel(history_sigma=0)
-    assert wide.load(path) == narrow.load(path) == 31
+    assert DurationFile(wide, path).load() == DurationFile(narrow, path).load() == 31
     assert narrow.estimate(KIND).sigma == pytest.approx(mine.sigma)
     assert wide.estimate(KIND).sigma > theirs.sigma
-    assert loaded.load(path) == 0  # nothing new: loading twice does not double the evidence
-    assert here.load(path) == 0 and here.estimate(KIND) == mine  # its own samples come back as themselves
+    assert DurationFile(loaded, path).load() == 0  # nothing new: loading twice does not double the evidence
+    assert (
+        DurationFile(here, path).load() == 0 and here.estimate(KIND) == mine
+    )  # its own samples come back as themselves
 
 
 def test_saving_merges_with_the_file_and_keeps_the_newest_window(tmp_path) -> None:
@@ -410,13 +443,13 @@ def test_saving_merges_with_the_file_and_keeps_the_newest_window(tmp_path) -> No
     model = DurationModel(window=5)
     for _ in range(3):
         model.observe(KIND, pending_at=99, done_by=101)
-    assert model.save(path)
+    assert DurationFile(model, path).save()
     stored = _stored(path)
     assert stored[other] == [[math.log(70), 0.0, now]]  # a kind this process never saw is kept
     assert len(stored[KIND]) == 5  # the window: 3 new and the 2 newest of the file's
     assert [s[2] for s in stored[KIND][:2]] == [now - 97, now - 96]
     assert [round(math.exp(s[0])) for s in stored[KIND]] == [50, 50, 100, 100, 100]
-    assert model.save(path) and _stored(path) == stored  # saving again changes nothing: no duplicates
+    assert DurationFile(model, path).save() and _stored(path) == stored  # saving again changes nothing: no duplicates
 
 
 def test_observations_older_than_max_age_are_neither_loaded_nor_saved(tmp_path) -> None:
@@ -424,11 +457,11 @@ def test_observations_older_than_max_age_are_neither_loaded_nor_saved(tmp_path) 
     now = time.time()
     _write(path, {KIND: [[math.log(300), 0.0, now - 8 * 86400], [math.log(90), 0.0, now - 3600]]})
     fresh = DurationModel()
-    assert fresh.load(path) == 1
+    assert DurationFile(fresh, path).load() == 1
     assert fresh.estimate(KIND).median == pytest.approx(90)
-    assert DurationModel(max_age=9 * 86400).load(path) == 2
-    assert DurationModel(max_age=60).load(path) == 0
-    assert fresh.save(path) and [round(math.exp(s[0])) for s in _stored(path)[KIND]] == [90]
+    assert DurationFile(DurationModel(), path, max_age=9 * 86400).load() == 2
+    assert DurationFile(DurationModel(), path, max_age=60).load() == 0
+    assert DurationFile(fresh, path).save() and [round(math.exp(s[0])) for s in _stored(path)[KIND]] == [90]
 
 
 @pytest.mark.parametrize(
@@ -453,17 +486,17 @@ def test_a_bad_file_warns_once_and_loads_nothing(tmp_path, caplog, content: byte
     path.write_bytes(content)
     model = DurationModel()
     with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
-        assert model.load(path) == 0
+        assert DurationFile(model, path).load() == 0
     assert len(_waiting_warnings(caplog)) == 1, caplog.text
-    assert model.known_kinds() == [] and model.estimate(JobKind("m", "std", 5)) is None
+    assert model.known_kinds() == [] and model.learned(JobKind("m", "std", 5)) is None
 
 
 def test_a_missing_file_or_a_directory_loads_nothing(tmp_path, caplog) -> None:
     model = DurationModel()
     with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
-        assert model.load(tmp_path / "nothing-here.json") == 0
+        assert DurationFile(model, tmp_path / "nothing-here.json").load() == 0
         assert not _waiting_warnings(caplog)  # nothing saved yet is normal
-        assert model.load(tmp_path) == 0
+        assert DurationFile(model, tmp_path).load() == 0
     assert len(_waiting_warnings(caplog)) == 1
 
 
@@ -472,11 +505,11 @@ def test_saving_replaces_a_corrupt_file_but_not_a_newer_format(tmp_path, caplog)
     path.write_text("{ truncated")
     model = DurationModel()
     model.observe(KIND, pending_at=99, done_by=101)
-    assert model.save(path) and len(_stored(path)[KIND]) == 1
+    assert DurationFile(model, path).save() and len(_stored(path)[KIND]) == 1
     newer = '{"version": 2, "durations": "something else"}'
     path.write_text(newer)
     with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
-        assert not model.save(path)
+        assert not DurationFile(model, path).save()
     assert path.read_text() == newer and len(_waiting_warnings(caplog)) == 1
 
 
@@ -484,13 +517,14 @@ def test_saving_never_raises_and_warns_once(tmp_path, caplog) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     path = blocker / "durations.json"
-    model = DurationModel(save_every=0)
+    model = DurationModel()
     model.observe(KIND, pending_at=99, done_by=101)
+    file = DurationFile(model, path, save_every=0)
     with caplog.at_level(logging.DEBUG, logger="kling_prefect.waiting"):
-        assert not model.save(path)
-        assert model.attach(path) == 0  # loading from there: a warning too
+        assert not file.save()
+        assert file.attach() == 0  # loading from there: a warning too
         assert model.observe(KIND, pending_at=99, done_by=101)  # saves (and fails) from inside observe
-        assert not model.flush()
+        assert not file.flush()
     warnings = _waiting_warnings(caplog)
     assert len(warnings) == 2 and "Could not save" in warnings[0].getMessage(), caplog.text
     assert model.estimate(KIND).observations == 2  # learning goes on
@@ -498,26 +532,27 @@ def test_saving_never_raises_and_warns_once(tmp_path, caplog) -> None:
 
 def test_an_attached_model_saves_at_most_every_save_every_seconds(tmp_path) -> None:
     path = tmp_path / "durations.json"
-    model = DurationModel(save_every=3600)
-    assert not model.flush()  # nowhere to save to
-    assert model.attach(path) == 0 and model.path == path
-    assert not model.flush()  # nothing unsaved
+    model = DurationModel()
+    file = DurationFile(model, path, save_every=3600)
+    assert file.attach() == 0 and file.path == path
+    assert not file.flush()  # nothing unsaved
     model.observe(KIND, pending_at=99, done_by=101)
     deadline = time.monotonic() + 10
     while not path.exists() and time.monotonic() < deadline:  # saved at once, by a background thread
         time.sleep(0.01)
     assert len(_stored(path)[KIND]) == 1  # the first observation is saved at once
     model.observe(KIND, pending_at=99, done_by=101)
-    model.observe(KIND, pending_at=-5, done_by=300)  # too vague: not kept, nothing to save
+    assert not model.observe(KIND, pending_at=50, done_by=40)  # impossible: not kept, nothing to save
     assert len(_stored(path)[KIND]) == 1  # then not before save_every seconds
-    assert model.flush() and len(_stored(path)[KIND]) == 2
-    assert not model.flush()
+    assert file.flush() and len(_stored(path)[KIND]) == 2
+    assert not file.flush()
 
 
 def test_threads_observing_an_attached_model_lose_nothing(tmp_path) -> None:
     path = tmp_path / "durations.json"
-    model = DurationModel(window=500, save_every=0)
-    model.attach(path)
+    model = DurationModel(window=500)
+    file = DurationFile(model, path, save_every=0)
+    file.attach()
     kinds = [JobKind(O3, "std", seconds) for seconds in (5, 10, 15, 20)]
 
     def observe(kind: JobKind) -> None:
@@ -530,7 +565,7 @@ def test_threads_observing_an_attached_model_lose_nothing(tmp_path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    model.flush()  # a save skipped while another thread was saving is made now
+    file.flush()  # a save skipped while another thread was saving is made now
     stored = _stored(path)
     assert {kind: len(stored[kind]) for kind in kinds} == dict.fromkeys(kinds, 40)
 
@@ -539,24 +574,25 @@ async def test_loading_wakes_the_waits_of_the_loaded_kinds(tmp_path) -> None:
     path = tmp_path / "durations.json"
     source = DurationModel()
     source.observe(KIND, pending_at=99, done_by=101)
-    source.save(path)
+    DurationFile(source, path).save()
     model = DurationModel()
     with model.watch(KIND) as news, model.watch(JobKind(O3, "pro", 5)) as other:
-        assert model.load(path) == 1
-        assert await news.wait(1) and not await other.wait(0)
+        assert DurationFile(model, path).load() == 1
+        assert await news.wait(1) and await other.wait(0)  # a kind still on its prior re-plans too
 
 
 _SAVER = """
 import sys
-from kling_prefect.waiting import DurationModel, JobKind
+from kling_prefect.waiting import DurationFile, DurationModel, JobKind
 path, name = sys.argv[1], sys.argv[2]
 model = DurationModel(window=1000)
+file = DurationFile(model, path)
 print("ready", flush=True)
 sys.stdin.readline()
 for i in range(100):
     model.observe(JobKind("m", name, 5), pending_at=90 + i, done_by=92 + i)
     model.observe(JobKind("m", "shared", 5), pending_at=90 + i, done_by=92 + i)
-    assert model.save(path)
+    assert DurationFile(model, path).save()
 """
 
 
@@ -617,7 +653,7 @@ import json
 from kling_prefect.waiting import JobKind, default_duration_model
 model = default_duration_model()
 kind = JobKind("kwaivgi/kling-o3/text-to-video", "std", 5)
-before = model.estimate(kind)
+before = model.learned(kind)
 model.observe(kind, pending_at=99, done_by=101)  # saved at once (the first since the start)
 model.observe(kind, pending_at=109, done_by=111)  # within save_every: saved at exit
 print(json.dumps(None if before is None else [before.median, before.observations]))
@@ -653,9 +689,9 @@ def test_a_batch_in_a_new_process_learns_from_the_saved_history(tmp_path) -> Non
     second = [(KIND, 90 * math.exp(rng.gauss(0, 0.08))) for _ in range(50)]
     earlier_run = DurationModel()
     simulate_waits(policy, earlier_run, [(KIND, d) for d in first], seed=1)
-    assert earlier_run.save(path)
+    assert DurationFile(earlier_run, path).save()
     new_run = DurationModel()
-    assert new_run.load(path) == 50
+    assert DurationFile(new_run, path).load() == 50
     warm = simulate_waits(policy, new_run, second, seed=2)
     cold = simulate_waits(policy, DurationModel(), second, seed=2)
 

@@ -1,18 +1,10 @@
 """Emulated jobs: how long they take, their status over time, and the statistics kept about them.
 
-Job time (seconds, before jitter and ``time_scale``) = ``base + per_second * video seconds``, from
-:data:`JOB_TIME_TABLE` by model and mode, times :data:`AUDIO_FACTOR` when the request generates audio:
-
-| model | std base + per s | pro base + per s | 5 s std / pro | 10 s std / pro |
-|---|---|---|---|---|
-| kling-o1 text-to-video | 40 + 8 | 60 + 12 | 80 / 120 | 120 / 180 |
-| kling-o1 image-to-video | 45 + 8 | 65 + 12 | 85 / 125 | 125 / 185 |
-| kling-o3 text-to-video | 45 + 9 | 70 + 13 | 90 / 135 | 135 / 200 |
-| kling-3.0 text-to-video | 50 + 10 | 75 + 15 | 100 / 150 | 150 / 225 |
-| kling-2.6 text-to-video | (pro only) | 55 + 11 | - / 110 | - / 165 |
-
-A job is queued (status 0) for the first :data:`QUEUED_FRACTION` of its time, then processing (1), then
-succeeded (2) or failed (3). Status is computed from the clock: nothing runs per job while it "works".
+Job time (seconds, before jitter and ``time_scale``) is the model's typical job time, from the model's facts
+(:meth:`ModelFacts.typical_job_seconds <kling_prefect.models.facts.ModelFacts.typical_job_seconds>`: base +
+per second of video, by mode, longer with audio); :data:`JOB_TIME_TABLE` shows it by model and mode. A job is
+queued (status 0) for the first :data:`QUEUED_FRACTION` of its time, then processing (1), then succeeded (2)
+or failed (3). Status is computed from the clock: nothing runs per job while it "works".
 """
 
 from __future__ import annotations
@@ -26,6 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from kling_prefect.models import REQUEST_MODELS, facts_for
+
 STATUS_QUEUED = 0
 STATUS_PROCESSING = 1
 STATUS_SUCCEEDED = 2
@@ -33,16 +27,12 @@ STATUS_FAILED = 3
 TERMINAL_STATUSES = frozenset({STATUS_SUCCEEDED, STATUS_FAILED})
 
 QUEUED_FRACTION = 0.15
-AUDIO_FACTOR = 1.2
-DEFAULT_TIMING = (60.0, 12.0)
+DEFAULT_TIMING = (60.0, 12.0)  # base, per second of video: a model this package has no facts for
 
-#: ``{model id: {mode: (base seconds, seconds per second of video)}}``.
+#: ``{model id: {mode: (base seconds, seconds per second of video)}}``, from each model's facts.
 JOB_TIME_TABLE: dict[str, dict[str, tuple[float, float]]] = {
-    "kwaivgi/kling-o1/text-to-video": {"std": (40.0, 8.0), "pro": (60.0, 12.0)},
-    "kwaivgi/kling-o1/image-to-video": {"std": (45.0, 8.0), "pro": (65.0, 12.0)},
-    "kwaivgi/kling-o3/text-to-video": {"std": (45.0, 9.0), "pro": (70.0, 13.0)},
-    "kwaivgi/kling-3.0/text-to-video": {"std": (50.0, 10.0), "pro": (75.0, 15.0)},
-    "kwaivgi/kling-2.6/text-to-video": {"pro": (55.0, 11.0)},
+    model.facts.model_id: {mode: (t.base, t.per_second) for mode, t in model.facts.job_times.items()}
+    for model in REQUEST_MODELS
 }
 
 RANDOM_FAILURE_MESSAGE = "video generation failed: internal error"
@@ -54,11 +44,12 @@ def clock() -> float:
 
 
 def base_job_seconds(model_id: str, *, mode: str, video_seconds: int, has_audio: bool) -> float:
-    """Unjittered, unscaled seconds a job takes, from :data:`JOB_TIME_TABLE`."""
-    by_mode = JOB_TIME_TABLE.get(model_id, {})
-    base, per_second = by_mode.get(mode) or by_mode.get("pro") or DEFAULT_TIMING
-    seconds = base + per_second * video_seconds
-    return seconds * AUDIO_FACTOR if has_audio else seconds
+    """Unjittered, unscaled seconds a job takes: the model's typical job time."""
+    facts = facts_for(model_id)
+    if facts is None:
+        base, per_second = DEFAULT_TIMING
+        return base + per_second * video_seconds
+    return facts.typical_job_seconds(mode, video_seconds, has_audio)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kling_prefect.models.base import KlingRequest, Shot
+from kling_prefect.models.facts import JobTime, ModelFacts
 from kling_prefect.models.kling import (
     Element,
     Kling26TextToVideo,
@@ -31,6 +32,18 @@ _BY_NAME: dict[str, type[KlingRequest]] = {
 }
 
 
+def facts_for(model_id: str) -> ModelFacts | None:
+    """The :class:`ModelFacts` of a full model id or short name, or ``None`` for a model this package lacks."""
+    found = _BY_NAME.get(model_id.strip())
+    return found.facts if found is not None else None
+
+
+def describe_models(models: tuple[type[KlingRequest], ...] = REQUEST_MODELS) -> str:
+    """``kling-o1, kling-o3 (default), ...``: the short names, for help texts and error messages."""
+    names = [m.short_name + (" (default)" if m.short_name == DEFAULT_TEXT_TO_VIDEO_MODEL else "") for m in models]
+    return ", ".join(names)
+
+
 def request_model_for(model: str) -> type[KlingRequest]:
     """The request model for a full model id (``kwaivgi/kling-o3/text-to-video``) or a short name.
 
@@ -39,9 +52,8 @@ def request_model_for(model: str) -> type[KlingRequest]:
     """
     try:
         return _BY_NAME[model.strip()]
-    except KeyError:
-        known = ", ".join(sorted(m.short_name for m in REQUEST_MODELS))
-        raise KeyError(f"unknown model {model!r}; use one of {known} or a full model id") from None
+    except (KeyError, AttributeError):
+        raise KeyError(f"unknown model {model!r}; use one of {describe_models()} or a full model id") from None
 
 
 __all__ = [
@@ -50,12 +62,16 @@ __all__ = [
     "REQUEST_MODELS",
     "TEXT_TO_VIDEO_MODELS",
     "Element",
+    "JobTime",
     "Kling26TextToVideo",
     "Kling30TextToVideo",
     "KlingO1ImageToVideo",
     "KlingO1TextToVideo",
     "KlingO3TextToVideo",
     "KlingRequest",
+    "ModelFacts",
     "Shot",
+    "describe_models",
+    "facts_for",
     "request_model_for",
 ]

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from kling_prefect.models.facts import ModelFacts
+
 AspectRatio = Literal["16:9", "9:16", "1:1"]
 Mode = Literal["std", "pro"]
 
@@ -104,17 +106,27 @@ FiveOrTen = Annotated[Literal["5", "10"], BeforeValidator(_int_to_str)]
 class KlingRequest(BaseModel):
     """Base of the per-model request models.
 
-    Subclasses declare their wire fields; ``model_id`` names the vendor model; ``wire_required`` lists the
-    fields the vendor documents as required, which :meth:`to_args` always sends (with their documented
-    default when the caller gave none). Optional fields are sent only when the caller set them, so the
-    vendor applies its own defaults exactly as documented.
+    Subclasses declare their wire fields and their :class:`~kling_prefect.models.facts.ModelFacts` (``facts``:
+    model id, short name, rates, audio field, durations, typical job time); ``model_id`` and ``short_name``
+    are read from it. ``wire_required`` lists the fields the vendor documents as required, which
+    :meth:`to_args` always sends (with their documented default when the caller gave none). Optional fields
+    are sent only when the caller set them, so the vendor applies its own defaults exactly as documented.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
+    facts: ClassVar[ModelFacts]
     model_id: ClassVar[str]
     short_name: ClassVar[str]
     wire_required: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        facts = cls.__dict__.get("facts")
+        if isinstance(facts, ModelFacts):  # one place for the model's facts: the names are read from it
+            cls.model_id = facts.model_id
+            cls.short_name = facts.short_name
 
     def to_args(self) -> dict[str, Any]:
         """The ``args`` object for ``job/create``, with the wire types of the vendor documents."""
@@ -129,7 +141,16 @@ class KlingRequest(BaseModel):
     @property
     def has_audio(self) -> bool:
         """Whether the vendor generates an audio track (billed at the audio rate)."""
-        return False
+        field = self.facts.audio_field
+        if field is None:
+            return False
+        value = getattr(self, field)
+        return value is True or value == "on"
+
+    @property
+    def mode_name(self) -> str:
+        """The request's mode (``std``/``pro``), or the model's only mode."""
+        return str(getattr(self, "mode", None) or self.facts.modes[0])
 
 
 def require_prompt(value: str | None, field: str = "prompt", why: str = "") -> None:

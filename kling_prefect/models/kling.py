@@ -11,6 +11,7 @@ Examples:
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
@@ -30,6 +31,7 @@ from kling_prefect.models.base import (
     rule_error,
     string_seconds,
 )
+from kling_prefect.models.facts import JobTime, ModelFacts
 
 O3_PROMPT_LIMIT = 2500
 MAX_REFERENCES = 7
@@ -45,8 +47,17 @@ class KlingO1TextToVideo(KlingRequest):
         ```
     """
 
-    model_id = "kwaivgi/kling-o1/text-to-video"
-    short_name = "kling-o1"
+    facts = ModelFacts(
+        model_id="kwaivgi/kling-o1/text-to-video",
+        short_name="kling-o1",
+        category="text-to-video",
+        rates={("std", False): Decimal("0.075"), ("pro", False): Decimal("0.1")},
+        audio_field=None,
+        duration_on_wire="string",
+        durations=(5, 10),
+        job_times={"std": JobTime(40, 8), "pro": JobTime(60, 12)},
+        helper="kling_o1_text_to_video",
+    )
     wire_required = frozenset({"mode", "prompt", "duration"})
 
     prompt: str
@@ -78,8 +89,22 @@ class KlingO3TextToVideo(KlingRequest):
         ```
     """
 
-    model_id = "kwaivgi/kling-o3/text-to-video"
-    short_name = "kling-o3"
+    facts = ModelFacts(
+        model_id="kwaivgi/kling-o3/text-to-video",
+        short_name="kling-o3",
+        category="text-to-video",
+        rates={
+            ("std", False): Decimal("0.071"),
+            ("std", True): Decimal("0.095"),
+            ("pro", False): Decimal("0.095"),
+            ("pro", True): Decimal("0.119"),
+        },
+        audio_field="sound",
+        duration_on_wire="int",
+        durations=tuple(range(3, 16)),
+        job_times={"std": JobTime(45, 9), "pro": JobTime(70, 13)},
+        helper="kling_o3_text_to_video",
+    )
     wire_required = frozenset({"prompt"})
 
     prompt: str = ""
@@ -105,10 +130,6 @@ class KlingO3TextToVideo(KlingRequest):
         )
         return self
 
-    @property
-    def has_audio(self) -> bool:
-        return self.sound == "on"
-
 
 class Kling30TextToVideo(KlingRequest):
     """``kwaivgi/kling-3.0/text-to-video``: 3 to 15 s (sent as a string), audio, negative prompt, multi-shot.
@@ -121,8 +142,22 @@ class Kling30TextToVideo(KlingRequest):
         ```
     """
 
-    model_id = "kwaivgi/kling-3.0/text-to-video"
-    short_name = "kling-3.0"
+    facts = ModelFacts(
+        model_id="kwaivgi/kling-3.0/text-to-video",
+        short_name="kling-3.0",
+        category="text-to-video",
+        rates={
+            ("std", False): Decimal("0.143"),
+            ("std", True): Decimal("0.214"),
+            ("pro", False): Decimal("0.190"),
+            ("pro", True): Decimal("0.286"),
+        },
+        audio_field="generate_audio",
+        duration_on_wire="string",
+        durations=tuple(range(3, 16)),
+        job_times={"std": JobTime(50, 10), "pro": JobTime(75, 15)},
+        helper="kling_30_text_to_video",
+    )
     wire_required = frozenset({"mode", "duration", "multi_shot"})
 
     prompt: str | None = None
@@ -147,10 +182,6 @@ class Kling30TextToVideo(KlingRequest):
         )
         return self
 
-    @property
-    def has_audio(self) -> bool:
-        return self.generate_audio
-
 
 class Kling26TextToVideo(KlingRequest):
     """``kwaivgi/kling-2.6/text-to-video``: pro mode only, 5 or 10 s, ``cfg_scale`` 0 to 1, audio.
@@ -163,8 +194,17 @@ class Kling26TextToVideo(KlingRequest):
         ```
     """
 
-    model_id = "kwaivgi/kling-2.6/text-to-video"
-    short_name = "kling-2.6"
+    facts = ModelFacts(
+        model_id="kwaivgi/kling-2.6/text-to-video",
+        short_name="kling-2.6",
+        category="text-to-video",
+        rates={("pro", False): Decimal("0.06"), ("pro", True): Decimal("0.12")},
+        audio_field="generate_audio",
+        duration_on_wire="string",
+        durations=(5, 10),
+        job_times={"pro": JobTime(55, 11)},
+        helper="kling_26_text_to_video",
+    )
     wire_required = frozenset({"mode", "prompt", "duration", "aspect_ratio", "generate_audio"})
 
     prompt: str
@@ -179,10 +219,6 @@ class Kling26TextToVideo(KlingRequest):
     def _rules(self) -> Kling26TextToVideo:
         require_prompt(self.prompt)
         return self
-
-    @property
-    def has_audio(self) -> bool:
-        return self.generate_audio
 
 
 class Element(BaseModel):
@@ -211,8 +247,20 @@ class KlingO1ImageToVideo(KlingRequest):
         ```
     """
 
-    model_id = "kwaivgi/kling-o1/image-to-video"
-    short_name = "kling-o1-i2v"
+    # The page prices pro at "$0.1 per request" and std at $0.075 per *second*; we read "per request" as a slip
+    # for "per second" (the sibling text-to-video page says $0.1 per second for pro). That reading is also the
+    # higher estimate (0.50 vs 0.10 for 5 s), so a budget errs on the safe side.
+    facts = ModelFacts(
+        model_id="kwaivgi/kling-o1/image-to-video",
+        short_name="kling-o1-i2v",
+        category="image-to-video",
+        rates={("std", False): Decimal("0.075"), ("pro", False): Decimal("0.1")},
+        audio_field=None,
+        duration_on_wire="string",
+        durations=tuple(range(3, 11)),
+        job_times={"std": JobTime(45, 8), "pro": JobTime(65, 12)},
+        helper="kling_o1_image_to_video",
+    )
     wire_required = frozenset({"mode", "action", "prompt", "images"})
 
     prompt: str

@@ -1,0 +1,155 @@
+"""The money-safety ledger: what a run remembers so that no retry or re-run pays for a step twice.
+
+There is no idempotency key at the vendor and no cancel: a second ``job/create`` for the same step is a
+second charge. What makes a step safe to repeat is remembered in Prefect's result storage (where the cached
+submissions live too), keyed like the step itself: run key + step + request (:func:`step_key`).
+
+- **Create in flight** (:meth:`StepLedger.note_create_sending`): written before the POST, cleared once its
+  answer is known. If it is still there on a later attempt, the create may have been accepted without its
+  answer being recorded (a timeout after sending, a reset, the process killed mid-request), so
+  :meth:`StepLedger.refuse_if_uncertain` refuses to send the step again, naming when, until the caller says
+  ``resubmit_uncertain=True`` after checking the vendor's dashboard.
+- **Unresolved job** (:meth:`StepLedger.note_unresolved`): a job that answered with a status the documents
+  do not define. Later attempts ask about that job again instead of paying for the step again.
+
+The job id itself is remembered by the cached result of the submit task
+(:class:`~kling_prefect.tasks.submit.JobSubmissionKey`, same key material).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from prefect.logging import get_run_logger
+from prefect.results import ResultStore, get_result_store
+
+from kling_prefect.exceptions import JobMayHaveBeenCreated
+from kling_prefect.models import KlingRequest
+from kling_prefect.records import SubmittedJob
+
+__all__ = ["StepLedger", "request_fingerprint", "step_key"]
+
+_UNREADABLE = "(the note could not be read)"
+
+
+def request_fingerprint(request: KlingRequest) -> str:
+    """A stable digest of what a request asks for.
+
+    Image URLs are reduced to scheme, host and path: a presigned URL for the same frame gets a new signature
+    each time it is issued, and that must not look like a new request (it would pay for the clip again).
+    """
+
+    def stable(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: stable(v) for k, v in sorted(value.items())}
+        if isinstance(value, list):
+            return [stable(v) for v in value]
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            parts = urlsplit(value)
+            return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        if isinstance(value, str) and value.startswith("data:"):
+            return "data:" + hashlib.sha256(value.encode()).hexdigest()
+        return value
+
+    body = json.dumps([request.model_id, stable(request.to_args())], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def step_key(kind: str, run_key: str, step: str, request: KlingRequest) -> str:
+    """A result-storage key of one step: ``kling-<kind>-<digest of run key, step and request>``."""
+    digest = hashlib.sha256(json.dumps([run_key, step, request_fingerprint(request)]).encode()).hexdigest()
+    return f"kling-{kind}-{digest}"
+
+
+@dataclass(frozen=True)
+class StepLedger:
+    """The ledger of one step of one run (see the module documentation). Use inside a flow or task run."""
+
+    run_key: str
+    step: str
+    request: KlingRequest
+
+    def _key(self, entry: str) -> str:
+        return step_key(entry, self.run_key, self.step, self.request)
+
+    @staticmethod
+    def _store() -> ResultStore:
+        # The run's result storage, as self-describing records: the flow's own store keeps no metadata, so it
+        # cannot tell whether a key exists.
+        return ResultStore(result_storage=get_result_store().result_storage)
+
+    async def _read(self, entry: str) -> Any:
+        store = self._store()
+        key = self._key(entry)
+        if not await store.aexists(key):
+            return None
+        try:
+            return (await store.aread(key)).result
+        except Exception:  # unreadable: still a reason not to pay again blindly
+            return _UNREADABLE
+
+    async def _write(self, entry: str, value: Any) -> None:
+        """Write (``None``: clear) an entry; a storage failure is logged, not raised (the error itself still
+        reaches the user)."""
+        try:
+            await self._store().awrite(value, key=self._key(entry))
+        except Exception as exc:
+            get_run_logger().warning("could not write the %s note of step %r: %s", entry, self.step, exc)
+
+    # -- creates
+
+    async def note_create_sending(self) -> None:
+        """Before the POST: a create for this step is being sent."""
+        await self._write(
+            "uncertain-create",
+            {
+                "run_key": self.run_key,
+                "step": self.step,
+                "noted_at": time.time(),
+                "message": "a create was being sent when that attempt stopped, and its answer was never recorded",
+            },
+        )
+
+    async def note_create_answered(self) -> None:
+        """The vendor answered the create (with a job id, or a refusal): nothing is uncertain any more."""
+        await self._write("uncertain-create", None)
+
+    async def note_create_uncertain(self, error: JobMayHaveBeenCreated) -> None:
+        """The create may have been accepted: keep the note, with what happened."""
+        await self._write(
+            "uncertain-create",
+            {"run_key": self.run_key, "step": self.step, "noted_at": time.time(), "message": str(error)[:500]},
+        )
+
+    async def refuse_if_uncertain(self) -> None:
+        """Raise :class:`JobMayHaveBeenCreated` (sending nothing) when an earlier create of this step may have
+        been accepted."""
+        note = await self._read("uncertain-create")
+        if note is None:
+            return
+        details = note if isinstance(note, dict) else {"message": str(note)}
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(details.get("noted_at", 0))))
+        raise JobMayHaveBeenCreated(
+            f"a create for step {self.step!r} of run {self.run_key!r} may have been accepted in an earlier attempt "
+            f"(noted at {when}), so it is not submitted again. Check your ShortAPI dashboard for a job created "
+            "then; if there is none, re-run with resubmit_uncertain=True (CLI: --resubmit-uncertain). "
+            f"Earlier error: {str(details.get('message', ''))[:300]}"
+        )
+
+    # -- jobs in an undocumented status
+
+    async def unresolved_job(self) -> SubmittedJob | None:
+        """The job an earlier attempt left in an undocumented status, if any."""
+        job = await self._read("unresolved-job")
+        return job if isinstance(job, SubmittedJob) else None
+
+    async def note_unresolved(self, job: SubmittedJob) -> None:
+        await self._write("unresolved-job", job)
+
+    async def clear_unresolved(self) -> None:
+        await self._write("unresolved-job", None)

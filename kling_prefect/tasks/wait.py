@@ -1,0 +1,147 @@
+"""Wait for a job (async, never cached), keeping a progress artifact current."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from kling_prefect import events, progress
+from kling_prefect.client import Job, PollPolicy
+from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
+from kling_prefect.records import FinishedJob, SubmittedJob
+from kling_prefect.storage import artifact_key
+from kling_prefect.tasks.connect import open_client
+from kling_prefect.waiting import default_duration_model
+
+__all__ = ["retry_resumable", "wait_for_kling_job"]
+
+_STATE_PERCENT = {"queued": 5.0, "processing": 10.0, "succeeded": 100.0}
+#: How the progress display names a vendor state.
+STATE_NAMES = {"queued": "queued", "processing": "running", "succeeded": "succeeded"}
+
+
+async def retry_resumable(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a wait or a download only when doing so cannot cost money and may succeed.
+
+    Async on purpose: in async code ``state.result()`` is a coroutine, and a sync check would never see
+    the exception (so it would never retry).
+    """
+    outcome = await state.aresult(raise_on_failure=False)
+    return isinstance(outcome, (TransientError, JobTimedOut, OSError))
+
+
+def _creeping_percent(elapsed: float, expected: float) -> float:
+    """Progress of a running job between its status changes: towards 95%, along its expected duration."""
+    return 10 + 85 * min(elapsed / expected, 1.0) if expected > 0 else 10.0
+
+
+@task(
+    name="wait-for-kling-job",
+    task_run_name="wait-{job.step}",
+    cache_policy=NO_CACHE,  # a cached status would be served forever
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=retry_resumable,
+)
+async def wait_for_kling_job(
+    job: SubmittedJob,
+    credentials_block: str | None = None,
+    timeout: float = 3600.0,
+    poll_interval: float = 2.0,
+    max_poll_interval: float | None = None,
+) -> FinishedJob:
+    """Wait until the job ends, keeping a progress artifact current; return it when it succeeded.
+
+    Queries follow :mod:`kling_prefect.waiting`: none while what jobs of this kind (model, mode, seconds,
+    audio) took says it cannot be done yet, then every ``poll_interval`` seconds while it may be (so a finished
+    job is noticed at most ``poll_interval`` late); before any such job was seen, the same rule on a wide belief
+    around the model's typical time. ``max_poll_interval`` (default 15x ``poll_interval``) caps the intervals
+    of a job long overdue. Every wait in the process shares one HTTP pool per event loop and the process's cap
+    on queries per second. With callbacks configured on the credentials (``callback_url``), the job's callback
+    triggers the query that sees its end (see :mod:`kling_prefect.callbacks`).
+
+    Raises ``JobFailed`` (the vendor's message and the job id), ``UnknownJobStatus`` or ``JobTimedOut``.
+
+    Examples:
+        ```python
+        from kling_prefect.tasks import submit_kling_job, wait_for_kling_job
+
+        job = await submit_kling_job(request, run_key="fox-1", step="clip")
+        finished = await wait_for_kling_job(job, poll_interval=5)
+        finished.video_urls[0]  # the vendor's (expiring) URL: store it at once
+        ```
+    """
+    logger = get_run_logger()
+    artifact_id = await acreate_progress_artifact(
+        0.0,
+        key=artifact_key("kling-progress", job.step),
+        description=f"{job.step}: {job.model} job {job.job_id} (run {job.run_key})",
+    )
+    kind = job.kind
+    durations = default_duration_model()
+    current = {"percent": 0.0, "shown": 0.0}
+    state = "queued"
+
+    async def report(percent: float, description: str | None = None) -> None:
+        percent = max(current["percent"], min(percent, 100.0))
+        current["percent"] = percent
+        if percent >= current["shown"] + 1 or percent >= 100 or description:  # whole points: each is an API call
+            current["shown"] = percent
+            await aupdate_progress_artifact(artifact_id, percent, description=description)
+        progress.emit(progress.ProgressEvent(job.run_key, job.step, state, percent / 100, job.job_id))
+
+    async def on_status(update: Job) -> None:
+        nonlocal state
+        logger.info("job %s is %s (status %r)", job.job_id, update.state, update.status)
+        state = STATE_NAMES.get(update.state, state)
+        await report(_STATE_PERCENT.get(update.state, current["percent"]))
+
+    async def tick() -> None:
+        # Between status changes, creep towards 95% so a long job visibly moves.
+        while True:
+            await anyio.sleep(15 * poll_interval)  # 30 s by default: a progress bar, not a hot loop of API calls
+            if state in ("queued", "running"):
+                expected = durations.estimate(kind).median
+                await report(_creeping_percent(max(0.0, time.time() - job.created_at), expected))
+
+    poll = PollPolicy.scaled(poll_interval, max_poll_interval)
+    client = await open_client(credentials_block, poll)
+    failure: ShortAPIError | None = None
+    async with client, anyio.create_task_group() as group:
+        group.start_soon(tick)
+        try:
+            done = await client.wait_for_job(
+                job.job_id,
+                timeout=timeout,
+                started_at=job.created_at,
+                on_status_change=on_status,
+                kind=kind,
+                durations=durations,
+                callback_url=job.callback_url,
+            )
+        except ShortAPIError as exc:
+            failure = exc  # raised below, outside the task group, so callers see it unwrapped
+        finally:
+            group.cancel_scope.cancel()
+    if failure is not None:
+        ended = isinstance(failure, (JobFailed, UnknownJobStatus))
+        reason = failure.message
+        if ended:
+            await aupdate_progress_artifact(
+                artifact_id, current["percent"], description=f"{job.step}: FAILED at the vendor: {reason[:300]}"
+            )
+            events.emit_job_event(events.JOB_FAILED, job, reason=reason[:1000])
+        state = "failed" if ended else state
+        progress.emit(
+            progress.ProgressEvent(job.run_key, job.step, state, current["percent"] / 100, job.job_id, reason)
+        )
+        raise failure
+    state = "downloading"
+    await report(100.0, description=f"{job.step}: {job.model} job {job.job_id} succeeded")
+    events.emit_job_event(events.JOB_SUCCEEDED, job, waited_seconds=round(time.time() - job.created_at, 3))
+    return FinishedJob(submitted=job, video_urls=done.video_urls, finished_at=time.time())
