@@ -12,6 +12,7 @@ import pytest
 
 from kling_prefect import media
 from kling_prefect.emulator import video
+from kling_prefect.media.frames import rgb_to_video_frame
 
 FPS = 24
 
@@ -39,7 +40,7 @@ def encode_image(rgb: np.ndarray, codec: str, pix_fmt: str) -> bytes:
     ctx = av.CodecContext.create(codec, "w")
     ctx.width, ctx.height, ctx.pix_fmt = rgb.shape[1], rgb.shape[0], pix_fmt
     ctx.time_base = Fraction(1, 1)
-    frame = media.rgb_to_video_frame(rgb, pix_fmt) if pix_fmt != "rgb24" else av.VideoFrame.from_ndarray(rgb)
+    frame = rgb_to_video_frame(rgb, pix_fmt) if pix_fmt != "rgb24" else av.VideoFrame.from_ndarray(rgb)
     frame.pts = 0
     return b"".join(bytes(p) for p in [*ctx.encode(frame), *ctx.encode(None)])
 

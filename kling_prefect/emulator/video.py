@@ -29,13 +29,9 @@ import numpy as np
 from av.video.frame import VideoFrame
 from av.video.reformatter import Interpolation
 
-from kling_prefect.media import (
-    StrPath,
-    atomic_output,
-    decode_image,
-    rgb_to_video_frame,
-    tag_bt601,
-)
+from kling_prefect.atomic import atomic_path
+from kling_prefect.media import StrPath, decode_image, resize_rgb
+from kling_prefect.media.frames import rgb_to_video_frame, tag_bt601
 
 __all__ = [
     "CRF",
@@ -194,17 +190,6 @@ def _pattern_frames(width: int, height: int, n: int, style: _Style) -> Iterator[
         yield img
 
 
-def _resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if rgb.shape[1] == width and rgb.shape[0] == height:
-        return rgb
-    down = width * height < rgb.shape[0] * rgb.shape[1]
-    flags = Interpolation.AREA if down else Interpolation.BICUBIC
-    frame = VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return np.ascontiguousarray(
-        frame.reformat(width=width, height=height, interpolation=flags | Interpolation.ACCURATE_RND).to_ndarray()
-    )
-
-
 def _image_frames(first: np.ndarray, last: np.ndarray | None, n: int, style: _Style) -> Iterator[np.ndarray]:
     """Frame 0 is ``first``; then a slow zoom (to 1.12x) drifting in a seed-dependent direction, a tint shift,
     and (with ``last``) a smoothstep crossfade whose final frame is exactly ``last``.
@@ -284,15 +269,15 @@ def render_clip(
     if first_image is not None:
         first = decode_image(first_image)
         width, height = image_frame_size(first.shape[1], first.shape[0])
-        first = _resize_rgb(first, width, height)
-        last = _resize_rgb(decode_image(last_image), width, height) if last_image is not None else None
+        first = resize_rgb(first, width, height)
+        last = resize_rgb(decode_image(last_image), width, height) if last_image is not None else None
         frames = _image_frames(first, last, n, style)
     else:
         width, height = frame_size(aspect_ratio or "16:9")
         frames = _pattern_frames(width, height, n, style)
 
     dest = Path(os.fspath(out_path))
-    with atomic_output(dest) as tmp:
+    with atomic_path(dest) as tmp:
         fmt = "mov" if dest.suffix.lower() == ".mov" else "mp4"
         with av.open(os.fspath(tmp), mode="w", format=fmt) as out:
             video = out.add_stream("libx264", rate=fps)
