@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 from av.container import InputContainer
+from av.stream import Stream
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
@@ -30,6 +31,13 @@ def video_stream(container: InputContainer) -> VideoStream:
     if not container.streams.video:
         raise ValueError(f"{container.name}: no video stream")
     return container.streams.video[0]
+
+
+def time_base(stream: Stream) -> Fraction:
+    """``stream``'s time base (every demuxed stream has one; a ``ValueError`` names a stream that has not)."""
+    if stream.time_base is None:
+        raise ValueError(f"stream {stream.index} has no time base")
+    return Fraction(stream.time_base)
 
 
 def mp4_format(path: Path) -> str:

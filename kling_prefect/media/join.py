@@ -23,6 +23,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from av.audio.frame import AudioFrame
 from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.frame import VideoFrame
@@ -36,6 +37,7 @@ from kling_prefect.media._container import (
     mp4_format,
     open_input,
     stream_fps,
+    time_base,
     video_stream,
     video_timing,
 )
@@ -78,7 +80,7 @@ def _signature(container: InputContainer) -> _ClipSignature:
             actx.name,
             int(actx.sample_rate),
             int(actx.channels),
-            Fraction(a.time_base),
+            time_base(a),
             bytes(actx.extradata or b""),
         )
     return _ClipSignature(
@@ -86,7 +88,7 @@ def _signature(container: InputContainer) -> _ClipSignature:
         width=ctx.width,
         height=ctx.height,
         pix_fmt=ctx.format.name if ctx.format is not None else None,
-        time_base=Fraction(v.time_base),
+        time_base=time_base(v),
         video_extradata=bytes(ctx.extradata or b""),
         audio=audio_sig,
     )
@@ -145,7 +147,7 @@ def _remux(sources: Sequence[Path], tmp: Path, fmt: str) -> None:
                 a_start = 0
                 if a is not None:
                     a_start = a.start_time or 0
-                    a_shift = round(clip_start * timing.time_base / a.time_base) - a_start
+                    a_shift = round(clip_start * timing.time_base / time_base(a)) - a_start
                 streams = [v] if a is None else [v, a]
                 for packet in container.demux(*streams):
                     if packet.size == 0 or packet.dts is None:
@@ -172,6 +174,8 @@ def _remux(sources: Sequence[Path], tmp: Path, fmt: str) -> None:
                         if packet.pts is not None:
                             packet.pts += a_shift
                         last_a_dts = new_dts
+                        if out_a is None:  # not reached: remux only joins clips that all have audio or all not
+                            raise ValueError(f"{src}: audio where the first clip has none")
                         packet.stream = out_a
                     out.mux(packet)
                 if v_shift is not None:
@@ -261,7 +265,7 @@ def _reencode(sources: Sequence[Path], infos: Sequence[VideoInfo], tmp: Path, fm
     width, height = even(first.width), even(first.height)
     with open_input(sources[0]) as container:
         v0 = video_stream(container)
-        out_tb = Fraction(v0.time_base)
+        out_tb = time_base(v0)
         fps = stream_fps(v0, video_timing(container, v0)) or Fraction(24)
     audio_params: tuple[int, str] | None = None
     for src, info in zip(sources, infos, strict=True):
@@ -306,7 +310,7 @@ def _reencode(sources: Sequence[Path], infos: Sequence[VideoInfo], tmp: Path, fm
             end_ticks = round(clip_end / out_tb)
             with open_input(src) as container:
                 v = video_stream(container)
-                v_tb = Fraction(v.time_base)
+                v_tb = time_base(v)
                 v_start = v.start_time or 0
                 a = container.streams.audio[0] if (container.streams.audio and sink is not None) else None
                 resampler = (
@@ -330,7 +334,7 @@ def _reencode(sources: Sequence[Path], infos: Sequence[VideoInfo], tmp: Path, fm
                             out_frame.time_base = out_tb
                             last_pts = pts
                             mux_video(out_v.encode(out_frame))
-                        elif resampler is not None and sink is not None:
+                        elif isinstance(frame, AudioFrame) and resampler is not None and sink is not None:
                             for rf in resampler.resample(frame):
                                 sink.push(rf.to_ndarray().astype(np.float32, copy=False), sample_limit)
                 if resampler is not None and sink is not None:
