@@ -217,6 +217,61 @@ def test_image_to_video_frame_starts_and_ends_on_the_given_images(api: httpx.Cli
     assert np.abs(frames[-1].astype(int) - last).mean() < 3
 
 
+def mad(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference on 0-255 of two same-size RGB images."""
+    assert a.shape == b.shape
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+def frame_clip(api: httpx.Client, images: list[np.ndarray], duration: str = "5") -> list[np.ndarray]:
+    """The decoded frames of an o1 image-to-video ``frame`` clip made over HTTP from ``images``."""
+    images_refs = [png_data_uri(image) for image in images]
+    args: dict[str, Any] = {"prompt": "the kite rises", "action": "frame", "duration": duration, "images": images_refs}
+    frames, _ = decode(httpx.get(result_url(api, args, I2V), timeout=30).content)
+    return frames
+
+
+def test_two_image_frame_clip_cross_fades_from_the_first_image_to_the_second(api: httpx.Client) -> None:
+    first, last = gradient(320, 180, (255, 40, 0)), gradient(320, 180, (20, 160, 255))
+
+    frames = frame_clip(api, [first, last])
+
+    assert len(frames) == 5 * 24 and frames[0].shape == first.shape
+    assert mad(first, last) > 30, "the two images differ a lot"
+    assert mad(frames[0], first) < 3
+    assert mad(frames[-1], last) < 3
+    middle = frames[len(frames) // 2]
+    halfway = ((first.astype(int) + last.astype(int)) // 2).astype(np.uint8)
+    assert mad(middle, halfway) < 2, "the middle frame is half one image, half the other"
+    assert mad(middle, first) > 10 and mad(middle, last) > 10
+    # The fade is monotonic: every frame is at least as far from the first image as the one before it.
+    distances = [mad(frame, first) for frame in frames[:: len(frames) // 8]]
+    assert distances == sorted(distances)
+
+
+def test_two_image_frame_clip_takes_the_first_images_shape(api: httpx.Client) -> None:
+    first, last = gradient(180, 320, (255, 200, 0)), gradient(240, 240, (0, 60, 200))  # 9:16, then 1:1
+
+    frames = frame_clip(api, [first, last], duration="3")
+
+    assert len(frames) == 3 * 24
+    assert frames[0].shape == (320, 180, 3) == frames[-1].shape
+    assert mad(frames[0], first) < 3
+    stretched = av.VideoFrame.from_ndarray(last, format="rgb24").reformat(width=180, height=320).to_ndarray()
+    assert mad(frames[-1], stretched) < 3
+    assert mad(first, stretched) > 30
+
+
+def test_one_image_frame_clip_starts_on_the_image_and_moves_away(api: httpx.Client) -> None:
+    image = gradient(320, 180, (90, 255, 60))
+
+    frames = frame_clip(api, [image])
+
+    assert len(frames) == 5 * 24 and frames[0].shape == image.shape
+    assert mad(frames[0], image) < 3
+    assert mad(frames[-1], image) > 5
+
+
 @pytest.mark.parametrize(
     ("images", "expected"),
     [

@@ -5,8 +5,11 @@
 
 * without images, a deterministic moving pattern whose colours, band angle/frequency, shape and tone
   derive from a SHA-256 of ``seed_text`` (different prompts give visibly different clips);
-* with ``first_image``, frame 0 is that image and the clip drifts/zooms away from it with a slow colour
-  shift; with ``last_image`` too, it crossfades so that the final frame is exactly that image.
+* with ``first_image`` only, frame 0 is that image and the clip drifts/zooms away from it with a slow colour
+  shift;
+* with ``last_image`` too (Kling o1's ``frame`` action with two images), the clip is a transition: frame 0 is
+  exactly the first image, the final frame exactly the last, and the frames between cross-fade from one to
+  the other.
 
 The encode uses crf 12, so decoded frames match their RGB sources closely (mean absolute error per channel
 about 1-2 on natural images when converted back with :func:`kling_prefect.media.read_frame`).
@@ -29,13 +32,9 @@ import numpy as np
 from av.video.frame import VideoFrame
 from av.video.reformatter import Interpolation
 
-from kling_prefect.media import (
-    StrPath,
-    atomic_output,
-    decode_image,
-    rgb_to_video_frame,
-    tag_bt601,
-)
+from kling_prefect.atomic import atomic_path
+from kling_prefect.media import StrPath, decode_image, resize_rgb
+from kling_prefect.media.frames import rgb_to_video_frame, tag_bt601
 
 __all__ = [
     "CRF",
@@ -194,47 +193,52 @@ def _pattern_frames(width: int, height: int, n: int, style: _Style) -> Iterator[
         yield img
 
 
-def _resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if rgb.shape[1] == width and rgb.shape[0] == height:
-        return rgb
-    down = width * height < rgb.shape[0] * rgb.shape[1]
-    flags = Interpolation.AREA if down else Interpolation.BICUBIC
-    frame = VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return np.ascontiguousarray(
-        frame.reformat(width=width, height=height, interpolation=flags | Interpolation.ACCURATE_RND).to_ndarray()
-    )
+def _push_in(src: VideoFrame, zoom: float, drift: tuple[float, float]) -> np.ndarray:
+    """``src`` enlarged by ``zoom`` (>= 1) and cropped back to its size, the crop shifted towards ``drift``."""
+    width, height = src.width, src.height
+    zw, zh = max(width, round(width * zoom)), max(height, round(height * zoom))
+    if (zw, zh) == (width, height):
+        return src.to_ndarray()
+    big = src.reformat(width=zw, height=zh, interpolation=Interpolation.BILINEAR).to_ndarray()
+    ox = min(zw - width, max(0, round((zw - width) / 2 * (1 + drift[0]))))
+    oy = min(zh - height, max(0, round((zh - height) / 2 * (1 + drift[1]))))
+    return big[oy : oy + height, ox : ox + width]
 
 
-def _image_frames(first: np.ndarray, last: np.ndarray | None, n: int, style: _Style) -> Iterator[np.ndarray]:
-    """Frame 0 is ``first``; then a slow zoom (to 1.12x) drifting in a seed-dependent direction, a tint shift,
-    and (with ``last``) a smoothstep crossfade whose final frame is exactly ``last``.
+def _image_frames(first: np.ndarray, n: int, style: _Style) -> Iterator[np.ndarray]:
+    """Frame 0 is ``first``; then a slow zoom (to 1.12x) drifting in a seed-dependent direction and a tint shift.
 
     Integer arithmetic in uint16 keeps this well under a millisecond per 320x180 frame.
     """
-    height, width = first.shape[:2]
     src = VideoFrame.from_ndarray(np.ascontiguousarray(first), format="rgb24")
-    dst = last.astype(np.uint16) if last is not None else None
     tint = style.colours[0].astype(np.uint16)
     yield first
     for i in range(1, n):
-        if i == n - 1 and last is not None:
-            yield last
-            return
         t = i / (n - 1)
-        zoom = 1 + 0.12 * t
-        zw, zh = max(width, round(width * zoom)), max(height, round(height * zoom))
-        big = src.reformat(width=zw, height=zh, interpolation=Interpolation.BILINEAR).to_ndarray()
-        ox = min(zw - width, max(0, round((zw - width) / 2 * (1 + style.drift[0]))))
-        oy = min(zh - height, max(0, round((zh - height) / 2 * (1 + style.drift[1]))))
-        crop = big[oy : oy + height, ox : ox + width]
-        k = 0.22 * t
-        w = t * t * (3 - 2 * t) if dst is not None else 0.0
-        a = round(256 * (1 - k) * (1 - w))  # weight of the zoomed first image (out of 256)
-        b = min(256 - a, round(256 * w))  # weight of the last image
-        acc = crop.astype(np.uint16) * np.uint16(a) + (tint * np.uint16(256 - a - b) + np.uint16(128))
-        if dst is not None and b:
-            acc += dst * np.uint16(b)
+        crop = _push_in(src, 1 + 0.12 * t, style.drift)
+        a = round(256 * (1 - 0.22 * t))  # weight of the zoomed image (out of 256); the rest is tint
+        acc = crop.astype(np.uint16) * np.uint16(a) + (tint * np.uint16(256 - a) + np.uint16(128))
         yield (acc >> 8).astype(np.uint8)
+
+
+def _transition_frames(first: np.ndarray, last: np.ndarray, n: int, style: _Style) -> Iterator[np.ndarray]:
+    """Kling's ``frame`` action with two images: frame 0 is exactly ``first`` and frame ``n - 1`` exactly ``last``.
+
+    In between, a smoothstep cross-fade under a gentle camera push: ``first`` zooms in (to 1.06x) as it fades
+    out, ``last`` arrives zoomed and settles to its own framing, so the middle frames are visibly both.
+    """
+    if n == 1:
+        yield first  # a single-frame clip cannot end elsewhere: the first image wins
+        return
+    src, dst = (VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24") for image in (first, last))
+    yield first
+    for i in range(1, n - 1):
+        t = i / (n - 1)
+        b = round(256 * t * t * (3 - 2 * t))  # weight of the last image (out of 256)
+        outgoing = _push_in(src, 1 + 0.06 * t, style.drift).astype(np.uint16)
+        incoming = _push_in(dst, 1 + 0.06 * (1 - t), style.drift).astype(np.uint16)
+        yield ((outgoing * np.uint16(256 - b) + incoming * np.uint16(b) + np.uint16(128)) >> 8).astype(np.uint8)
+    yield last
 
 
 def _tone(start: int, stop: int, total: int, hz: float) -> np.ndarray:
@@ -265,10 +269,10 @@ def render_clip(
 
     ``aspect_ratio`` picks the pattern size (see :func:`frame_size`; ``None`` means "16:9") and is ignored when
     ``first_image`` is given: the clip then takes the image's size (see :func:`image_frame_size`).
-    ``last_image`` (only used together with ``first_image``) is stretched to that size and is the final frame
-    (with a single-frame clip the first image wins).  ``audio`` adds a mono AAC sine tone of the same
-    duration.  ``padding_bytes`` > 0 appends a ``free`` box of exactly that many bytes after the movie (file
-    size = movie size + ``padding_bytes``), streamed in 1 MiB chunks.
+    ``last_image`` (only used together with ``first_image``) is stretched to that size and is the final frame,
+    reached by a cross-fade from the first (with a single-frame clip the first image wins).  ``audio`` adds a
+    mono AAC sine tone of the same duration.  ``padding_bytes`` > 0 appends a ``free`` box of exactly that many
+    bytes after the movie (file size = movie size + ``padding_bytes``), streamed in 1 MiB chunks.
     """
     if isinstance(duration_s, bool) or not (math.isfinite(float(duration_s)) and float(duration_s) > 0):
         raise ValueError(f"duration_s must be a positive number, not {duration_s!r}")
@@ -284,15 +288,18 @@ def render_clip(
     if first_image is not None:
         first = decode_image(first_image)
         width, height = image_frame_size(first.shape[1], first.shape[0])
-        first = _resize_rgb(first, width, height)
-        last = _resize_rgb(decode_image(last_image), width, height) if last_image is not None else None
-        frames = _image_frames(first, last, n, style)
+        first = resize_rgb(first, width, height)
+        if last_image is None:
+            frames = _image_frames(first, n, style)
+        else:
+            # The last image is stretched to the first's shape: the clip's shape is the first image's.
+            frames = _transition_frames(first, resize_rgb(decode_image(last_image), width, height), n, style)
     else:
         width, height = frame_size(aspect_ratio or "16:9")
         frames = _pattern_frames(width, height, n, style)
 
     dest = Path(os.fspath(out_path))
-    with atomic_output(dest) as tmp:
+    with atomic_path(dest) as tmp:
         fmt = "mov" if dest.suffix.lower() == ".mov" else "mp4"
         with av.open(os.fspath(tmp), mode="w", format=fmt) as out:
             video = out.add_stream("libx264", rate=fps)
