@@ -58,15 +58,24 @@ def tail(path: Path, lines: int = 60) -> str:
 
 @dataclass
 class PrefectServer:
-    """A `prefect server start` subprocess on 127.0.0.1 with its own PREFECT_HOME (and so its own database)."""
+    """A `prefect server start` subprocess on 127.0.0.1 with its own PREFECT_HOME (and so its own database).
+
+    With ``ui=True`` the server also serves both web UIs (classic at ``/``-paths, the new one under ``/v2/``),
+    told to call this server's API rather than the default port 4200.
+    """
 
     home: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    ui: bool = False
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def log(self) -> Path:
@@ -94,7 +103,14 @@ class PrefectServer:
         # The schedules must be *held* by the server, but no scheduled run may be created while tests run:
         # a worker would pick it up with the (production) default parameters.
         env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
-        args = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"]
+        args = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.ui:
+            # The test session disables the UI globally; without PREFECT_UI_API_URL the UI's JavaScript would call
+            # port 4200 and show "Can't connect to Server API".
+            env["PREFECT_SERVER_UI_ENABLED"] = "true"
+            env["PREFECT_UI_API_URL"] = self.api_url
+        else:
+            args.append("--no-ui")
         args.append("--analytics-off")
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
