@@ -11,6 +11,7 @@ and the server's state (deployment, limit, flow runs) really is rows in PostgreS
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 from collections import Counter
@@ -111,7 +112,9 @@ def intervals_overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
-def wait_for_workers(server: PrefectServer, names: set[str], processes: dict[str, Any], logs: dict[str, Path]) -> None:
+def wait_for_workers(
+    server: PrefectServer, names: set[str], processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]
+) -> None:
     """Until every named worker has registered with the pool (a worker registers on its first heartbeat)."""
     deadline = time.monotonic() + 90
     seen: set[str] = set()
