@@ -58,16 +58,21 @@ def tail(path: Path, lines: int = 60) -> str:
 
 @dataclass
 class PrefectServer:
-    """A `prefect server start` subprocess on 127.0.0.1 with its own PREFECT_HOME (and so its own database).
+    """A `prefect server start` subprocess on 127.0.0.1 with its own PREFECT_HOME.
 
+    Its database is a SQLite file in that home, or the one at ``database_url`` (a SQLAlchemy URL such as
+    ``postgresql+asyncpg://user@host:port/db``, given to the server as PREFECT_API_DATABASE_CONNECTION_URL;
+    the server migrates it on start). ``startup_seconds`` is how long :meth:`start` waited for /api/health.
     With ``ui=True`` the server also serves both web UIs (classic at ``/``-paths, the new one under ``/v2/``),
     told to call this server's API rather than the default port 4200.
     """
 
     home: Path
     port: int
+    database_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
     ui: bool = False
+    startup_seconds: float | None = None
 
     @property
     def api_url(self) -> str:
@@ -103,6 +108,8 @@ class PrefectServer:
         # The schedules must be *held* by the server, but no scheduled run may be created while tests run:
         # a worker would pick it up with the (production) default parameters.
         env["PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED"] = "false"
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         args = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.ui:
             # The test session disables the UI globally; without PREFECT_UI_API_URL the UI's JavaScript would call
@@ -121,12 +128,14 @@ class PrefectServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = began + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"prefect server exited with {self.process.returncode}:\n{tail(self.log)}")
             try:
                 if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    self.startup_seconds = time.monotonic() - began
                     return self
             except httpx.HTTPError:
                 pass
@@ -159,12 +168,33 @@ def run_cli(
 
 
 def start_worker(
-    pool: str, env: Mapping[str, str], log: Path, *, work_queue: str | None = None
+    pool: str,
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    work_queue: str | None = None,
+    run_once: bool = True,
+    name: str | None = None,
+    limit: int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`prefect worker start --run-once`: polls once, runs what it found, returns when those runs ended."""
-    args = [PREFECT, "worker", "start", "--pool", pool, "--run-once"]
+    """`prefect worker start` in its own process group.
+
+    Args:
+        run_once: poll once, run what was found, exit when those runs ended (``--run-once``); otherwise the
+            worker polls until stopped (:func:`stop_worker`).
+        name: the worker's name (``--name``), which it puts on the flow runs it takes
+            (label ``prefect.worker.name``).
+        limit: at most this many flow runs at once (``--limit``).
+    """
+    args = [PREFECT, "worker", "start", "--pool", pool]
+    if run_once:
+        args.append("--run-once")
     if work_queue:
         args += ["--work-queue", work_queue]
+    if name:
+        args += ["--name", name]
+    if limit is not None:
+        args += ["--limit", str(limit)]
     with log.open("wb") as out:
         return subprocess.Popen(
             args, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -179,3 +209,15 @@ def wait_worker(process: subprocess.Popen[bytes], log: Path, timeout: float = 18
         process.wait(timeout=10)
         raise AssertionError(f"worker did not finish within {timeout} s:\n{tail(log)}") from None
     assert process.returncode == 0, f"worker exited with {process.returncode}:\n{tail(log)}"
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Stop a polling worker (and anything left in its process group): SIGINT as Ctrl-C would, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -8,14 +8,15 @@ holds the schedules; a process worker runs the continuation deployment against t
 share one global limit of 2 jobs in flight (created by the `kling-prefect setup` CLI).
 
 In-process (the session's Prefect server): a missing limit fails before any create; a create rate limit
-spaces creates; the tasks run under Prefect's thread- and process-pool task runners (and Dask or Ray where
-installed); every task input, output and error pickles.
+spaces creates; the tasks run under Prefect's thread- and process-pool task runners, prefect-dask's DaskTaskRunner
+(a test dependency) and prefect-ray's RayTaskRunner where installed; every task input, output and error pickles.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import os
 import pickle
 import subprocess
 import typing
@@ -600,16 +601,28 @@ def test_tasks_under_the_process_pool_task_runner(vendor_env, tmp_path) -> None:
     check_stored(videos, vendor_env, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_tasks_under_the_dask_task_runner(vendor_env, tmp_path) -> None:
-    prefect_dask = pytest.importorskip("prefect_dask")
+    """Inputs and results cross into a Dask worker process (a LocalCluster of one process, two threads)."""
+    from distributed import get_worker  # a test dependency (prefect-dask): a missing one must fail, not skip
+    from prefect import task
+    from prefect_dask import DaskTaskRunner
 
-    @flow(task_runner=prefect_dask.DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True}))
-    def dask_tasks(prompts: list[str], run_key: str, directory: str) -> list[StoredVideo]:
-        return run_tasks(prompts, run_key, directory)
+    @task
+    def where() -> tuple[int, str]:
+        return os.getpid(), get_worker().address  # get_worker() raises outside a Dask worker
 
-    videos = dask_tasks(["A fox in snow", "Rain on neon streets"], f"dask-{uuid.uuid4().hex[:8]}", str(tmp_path))
+    # One worker process with two threads: fits two shared cores, and still crosses a process boundary.
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": True}))
+    def dask_tasks(prompts: list[str], run_key: str, directory: str) -> tuple[list[StoredVideo], tuple[int, str]]:
+        return run_tasks(prompts, run_key, directory), where.submit().result()
+
+    videos, (pid, address) = dask_tasks(
+        ["A fox in snow", "Rain on neon streets"], f"dask-{uuid.uuid4().hex[:8]}", str(tmp_path)
+    )
     check_stored(videos, vendor_env, 2)
+    assert pid != os.getpid() and address.startswith("tcp://"), "the tasks did not run in a Dask worker process"
 
 
 @pytest.mark.usefixtures("prefect_server")
