@@ -84,7 +84,7 @@ def _read_csv(path: Path) -> Iterable[tuple[str, Any]]:
         for row in reader:
             where = f"line {reader.line_num}"
             if None in row:
-                yield where, ValueError(f"{len(row[None])} more cell(s) than header columns")  # type: ignore[index]
+                yield where, ValueError(f"{len(row[None])} more cell(s) than header columns")
                 continue
             yield where, row
 

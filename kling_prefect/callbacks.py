@@ -225,9 +225,9 @@ class CallbackReceiver:
             yield True
         finally:
             with self._lock:
-                state = self._tokens.get(token)
-                if state is not None and state.doorbells:
-                    state.doorbells.discard(doorbell)
+                current = self._tokens.get(token)
+                if current is not None and current.doorbells:
+                    current.doorbells.discard(doorbell)
 
     def job_ended(self, url: str | None) -> None:
         """Count whether the job of ``url`` had its callback by the time a query saw it end; forget its token."""

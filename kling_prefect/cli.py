@@ -92,8 +92,10 @@ def _money(text: str) -> Decimal:
 
 
 def _add_run_options(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    from kling_prefect.models import TEXT_TO_VIDEO_MODELS, describe_models
+
     parser.add_argument(
-        "--model", default="kling-o3", help="kling-o1, kling-o3 (default), kling-3.0, kling-2.6 or a full id"
+        "--model", default="kling-o3", help=f"{describe_models(TEXT_TO_VIDEO_MODELS)} or a full model id"
     )
     parser.add_argument("--out", help=out_help)
     parser.add_argument(
@@ -114,6 +116,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, out_help: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kling_prefect.models import describe_models
+
     parser = _Parser(prog="kling-prefect", description="Kling video generation as Prefect flows.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -139,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     estimate = commands.add_parser("estimate", help="what a request, chain or batch file would cost (no API call)")
     estimate.add_argument("prompts", nargs="*", metavar="PROMPT", help="one prompt, or several for a chain")
     estimate.add_argument("--file", help="a JSONL or CSV batch file instead of prompts")
-    estimate.add_argument("--model", default="kling-o3")
+    estimate.add_argument("--model", default="kling-o3", help=f"{describe_models()} or a full model id")
     estimate.add_argument("--duration", type=int)
     estimate.add_argument("--mode", choices=["std", "pro"])
     estimate.add_argument("--audio", action="store_true", help="with generated audio (sound/generate_audio)")
@@ -367,9 +371,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(json.dumps({"requests": rows, "total_usd": str(total)}, indent=2))
     else:
         for row in rows:
-            audio = "audio" if row["audio"] else "silent"
-            print(f"{row['model']:34} {row['mode']:4} {row['seconds']:>3} s  {audio:6} ${row['usd']}")
-        print(f"total: ${total} for {len(rows)} job(s), {sum(r['seconds'] for r in rows)} s of video")
+            sound = "audio" if row["audio"] else "silent"
+            print(f"{row['model']:34} {row['mode']:4} {row['seconds']:>3} s  {sound:6} ${row['usd']}")
+        print(f"total: ${total} for {len(rows)} job(s), {sum(int(r['seconds']) for r in rows)} s of video")
     return 0
 
 

@@ -235,9 +235,9 @@ class ShortAPICredentials(CredentialsBlock):
         return SyncShortAPIClient(**self.client_options(), callbacks=self.callback_receiver())
 
 
-def _env_number(variable: str, text: str, kind: type) -> float | int:
+def _env_number(variable: str, text: str, kind: type[int] | type[float]) -> float | int:
     try:
-        value = kind(text)
+        value: float | int = kind(text)
     except ValueError:
         what = "a whole number" if kind is int else "a number of seconds"
         raise ValueError(f"{variable}: must be {what}, got {text[:40]!r}") from None
@@ -249,12 +249,11 @@ def _env_number(variable: str, text: str, kind: type) -> float | int:
 def _field_problem(name: str, value: float | int) -> str | None:
     """Why ``value`` breaks the bounds of field ``name`` (``None`` when it fits)."""
     for rule in ShortAPICredentials.model_fields[name].metadata:
-        for attr, test, words in (
-            ("gt", lambda v, b: v > b, "greater than"),
-            ("ge", lambda v, b: v >= b, "at least"),
-            ("le", lambda v, b: v <= b, "at most"),
-        ):
+        for attr, words in (("gt", "greater than"), ("ge", "at least"), ("le", "at most")):
             bound = getattr(rule, attr, None)
-            if bound is not None and not test(value, bound):
+            if bound is None:
+                continue
+            fits = value > bound if attr == "gt" else value >= bound if attr == "ge" else value <= bound
+            if not fits:
                 return f"must be {words} {bound}"
     return None

@@ -41,8 +41,9 @@ from typing import Any
 import anyio
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 
 from kling_prefect import media
 from kling_prefect.artifacts import SeamPicture, publish_run_artifacts

@@ -239,10 +239,7 @@ class S3Store:
             raise
         return int(answer["ContentLength"])
 
-    async def put(self, local_path: str | os.PathLike[str], key: str, *, move: bool = False) -> StoredObject:
-        full_key = await self.bucket.aupload_from_path(str(local_path), self._relative(key))
-        size = Path(local_path).stat().st_size
-        local_copy = await self.local.put(local_path, key, move=move) if self.local else None
+    async def _object(self, full_key: str, size: int, local_copy: StoredObject | None) -> StoredObject:
         url = await anyio.to_thread.run_sync(self.presign, full_key, LINK_URL_SECONDS)
         return StoredObject(
             uri=f"s3://{self.bucket.bucket_name}/{full_key}",
@@ -252,20 +249,18 @@ class S3Store:
             local_path=local_copy.local_path if local_copy else None,
         )
 
+    async def put(self, local_path: str | os.PathLike[str], key: str, *, move: bool = False) -> StoredObject:
+        full_key = await self.bucket.aupload_from_path(str(local_path), self._relative(key))
+        size = Path(local_path).stat().st_size
+        local_copy = await self.local.put(local_path, key, move=move) if self.local else None
+        return await self._object(full_key, size, local_copy)
+
     async def get(self, key: str) -> StoredObject | None:
         full_key = self._full_key(key)
         size = await anyio.to_thread.run_sync(self._head, full_key)
         if size is None:
             return None
-        local_copy = await self.local.get(key) if self.local else None
-        url = await anyio.to_thread.run_sync(self.presign, full_key, LINK_URL_SECONDS)
-        return StoredObject(
-            uri=f"s3://{self.bucket.bucket_name}/{full_key}",
-            key=full_key,
-            size_bytes=size,
-            url=url,
-            local_path=local_copy.local_path if local_copy else None,
-        )
+        return await self._object(full_key, size, await self.local.get(key) if self.local else None)
 
     async def read_record(self, key: str) -> dict[str, Any] | None:
         full_key = self._full_key(record_key(key))

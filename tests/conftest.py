@@ -128,3 +128,16 @@ def s3_bucket_block(prefect_server, moto_s3, monkeypatch):
     )
     S3Bucket(bucket_name=bucket, credentials=credentials).save(bucket, overwrite=True)
     return bucket, moto_s3, bucket
+
+
+#: Modules whose every test starts servers or subprocesses.
+END_TO_END_MODULES = {"test_cli", "test_deployments", "test_topology", "test_browser", "test_reliability"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the end-to-end tests ``slow`` (a Prefect server, subprocesses, a browser), so that
+    ``./dev test -m "not slow"`` runs the fast ones alone; ``./dev test`` runs everything."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if module in END_TO_END_MODULES or "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -154,7 +154,7 @@ class PrefectServer:
             self.process.wait(timeout=10)
 
 
-def run_cli(
+def run_command(
     args: Sequence[str], env: Mapping[str, str], *, cwd: Path = REPO, timeout: float = 120.0
 ) -> subprocess.CompletedProcess[str]:
     """Run a CLI to completion; raise with its output when it fails."""

@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,14 +23,10 @@ from kling_prefect.exceptions import InvalidInput
 from kling_prefect.flows import batch, continuation, text_to_video
 
 from .conftest import TEST_KEY
+from .helpers import CLI, shots
 
 URL = "https://example.com/frame.png"
-CLI = str(Path(sys.executable).with_name("kling-prefect"))
 FAST = {"poll_interval": 0.05, "timeout_seconds": 60}
-
-
-def shots(*durations: int) -> list[dict[str, Any]]:
-    return [{"prompt": f"shot {i}", "duration": d} for i, d in enumerate(durations)]
 
 
 # --------------------------------------------------------------------------------------------- flow parameters

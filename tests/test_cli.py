@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +12,7 @@ import pytest
 from kling_prefect import media
 
 from .conftest import TEST_KEY
-
-CLI = shutil.which("kling-prefect") or str(Path(sys.executable).with_name("kling-prefect"))
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-    )
+from .helpers import CLI, run_cli
 
 
 @pytest.fixture

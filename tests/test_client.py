@@ -30,7 +30,7 @@ from kling_prefect import (
     VendorUnavailable,
     estimate_cost,
 )
-from kling_prefect.client import PollPolicy, RetryPolicy, interpret_response, job_from_data, parse_retry_after
+from kling_prefect.client import RetryPolicy, interpret_response, job_from_data, parse_retry_after
 from kling_prefect.emulator import Emulator
 
 from .conftest import TEST_KEY

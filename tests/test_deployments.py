@@ -61,7 +61,7 @@ from tests.deploy_helpers import (
     deployments_by_name,
     free_port,
     load_prefect_yaml,
-    run_cli,
+    run_command,
     start_worker,
     tail,
     wait_worker,
@@ -350,12 +350,12 @@ def deployed(tmp_path_factory):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        setup = run_cli([KLING_PREFECT, "setup", "--jobs-limit", "5"], env)
+        setup = run_command([KLING_PREFECT, "setup", "--jobs-limit", "5"], env)
         pool_out, _ = pool.communicate(timeout=120)
         assert pool.returncode == 0, pool_out.decode(errors="replace")
         assert f"{DEFAULT_JOBS_LIMIT!r} created: 5 jobs in flight" in setup.stdout
         before = PREFECT_YAML.read_bytes()
-        run_cli([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
+        run_command([PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
         assert PREFECT_YAML.read_bytes() == before, "prefect deploy rewrote deployments/prefect.yaml"
         yield server
     finally:
@@ -404,10 +404,10 @@ def test_server_holds_the_deployments_and_schedules(deployed) -> None:
 
     # README: pause and resume a schedule with the CLI
     env = deployed.env()
-    run_cli([PREFECT, "deployment", "schedule", "pause", "kling-text-to-video/daily-clip", str(schedule_id)], env)
+    run_command([PREFECT, "deployment", "schedule", "pause", "kling-text-to-video/daily-clip", str(schedule_id)], env)
     with sync_client(deployed) as client:
         assert not client.read_deployment_by_name("kling-text-to-video/daily-clip").schedules[0].active
-    run_cli([PREFECT, "deployment", "schedule", "resume", "kling-text-to-video/daily-clip", str(schedule_id)], env)
+    run_command([PREFECT, "deployment", "schedule", "resume", "kling-text-to-video/daily-clip", str(schedule_id)], env)
     with sync_client(deployed) as client:
         assert client.read_deployment_by_name("kling-text-to-video/daily-clip").schedules[0].active
 
@@ -436,7 +436,8 @@ def test_worker_runs_the_continuation_deployment(deployed, emulator, tmp_path) -
         # defaults from prefect.yaml were kept where not overridden
         assert finished.parameters["jobs_limit"] == DEFAULT_JOBS_LIMIT
         assert finished.parameters["max_cost_usd"] == 5.0
-        keys = [f"kling-{run_key}-summary", f"kling-{run_key}-clips"]
+        # keys are stable per deployment: each run of daily-story is a new version of the same artifacts
+        keys = ["kling-daily-story-summary", "kling-daily-story-clips"]
         artifacts = {
             a.key: a for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
         }
@@ -464,7 +465,7 @@ def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 @pytest.mark.slow
 def test_two_workers_share_a_limit_of_two_jobs_in_flight(deployed, tmp_path) -> None:
     env = deployed.env()
-    setup = run_cli([KLING_PREFECT, "setup", "--jobs-limit", "2"], env)
+    setup = run_command([KLING_PREFECT, "setup", "--jobs-limit", "2"], env)
     assert f"{DEFAULT_JOBS_LIMIT!r} updated: 2 jobs in flight" in setup.stdout
     queues = ["worker-a", "worker-b"]
     runs = {}

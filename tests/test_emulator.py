@@ -18,10 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,8 @@ from kling_prefect.emulator.jobs import RANDOM_FAILURE_MESSAGE
 from kling_prefect.emulator.video import free_box_header
 from kling_prefect.models import MODEL_IDS, request_model_for
 from kling_prefect.pricing import estimate_cost
+
+from .helpers import LoopbackServer, answer, read_body
 
 API_KEY = "sk-emulator-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -145,30 +146,18 @@ def gradient(width: int, height: int, corner: tuple[int, int, int]) -> np.ndarra
     return np.clip(40 + base * 0.6 * x + (255 - base) * 0.4 * y, 0, 255).astype(np.uint8)
 
 
-class CallbackSink:
-    """A tiny HTTP server collecting the JSON bodies POSTed to it."""
+class CallbackSink(LoopbackServer):
+    """Collects the JSON bodies POSTed to it (the vendor's callbacks)."""
 
     def __init__(self) -> None:
         self.received: queue.Queue[dict[str, Any]] = queue.Queue()
-        sink = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                sink.received.put(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
+        def handle(method: str, request: BaseHTTPRequestHandler) -> None:
+            self.received.put(json.loads(read_body(request)))
+            answer(request, 204, b"")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(handle)
+        self.url = f"{self.base_url}/hook"
 
 
 # ------------------------------------------------------------------------------------- jobs & results

@@ -12,26 +12,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
-import numpy as np
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from kling_prefect import BudgetExceeded, JobFailed, media
+from kling_prefect import BudgetExceeded, JobFailed, RunIncomplete, media
 from kling_prefect.flows import batch, continuation, text_to_video
+
+from .helpers import artifacts_of, mean_abs_diff, task_runs_of
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "vendor_env")
 
 FAST = {"poll_interval": 0.05, "timeout_seconds": 120}
-
-
-async def artifacts_of(state: Any) -> dict[str, Any]:
-    """Every artifact of a flow run (by key), read back through the Prefect API."""
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    return {a.key: a for a in found if a.key}
 
 
 def url_lifetime(url: str) -> float:
@@ -40,10 +30,6 @@ def url_lifetime(url: str) -> float:
     if "X-Amz-Expires" in query:
         return float(query["X-Amz-Expires"][0])
     return float(query["Expires"][0]) - time.time()
-
-
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
 
 
 def prompts_created(emulator) -> list[str]:
@@ -91,18 +77,22 @@ async def test_continuation_joins_clips_with_continuous_seams(emulator, tmp_path
     i2v = [j for j in stats.jobs.values() if j.model.endswith("image-to-video")]
     assert len(i2v) == 2 and all(j.args["images"][0].startswith("data:image/png;base64,") for j in i2v)
 
+    # The run's artifacts: a summary and a table (no link: a local final video does not open from the UI),
+    # and one progress artifact per job.
     artifacts = await artifacts_of(state)
-    summary = artifacts["kling-seams-summary"].data
-    for record in result.records:
-        assert record.job_id in summary
+    flow_level = {k for k, a in artifacts.items() if a.type != "progress"}
+    assert flow_level == {"kling-continuation-summary", "kling-continuation-clips"}
+    summary = artifacts["kling-continuation-summary"].data
+    assert "3 of 3 clips stored" in summary and "3 created in this run, 0 resumed" in summary
     assert "final video" in summary and "$1.285" in summary  # 3 s O3 pro (0.285) + 2 x 5 s o1 i2v pro (0.5)
-    table = artifacts["kling-seams-clips"].data
-    assert "clip-03" in str(table) and "stored" in str(table)
-    assert result.final.url in artifacts["kling-seams-final"].data  # Prefect keeps link artifacts as markdown
-    assert {f"kling-seams-clip-0{i}-video" for i in (1, 2, 3)} <= artifacts.keys()
-    assert artifacts["kling-seams-clip-01-thumbnail"].type == "image"
-    progress = artifacts["seams-clip-02-progress"]
-    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "file://" not in summary  # the UI shows no file:// picture or link: paths are text
+    # a thumbnail per clip, a filmstrip per clip, a seam strip per join: inline JPEGs
+    assert summary.count("](data:image/jpeg;base64,") == 3 + 3 + 2
+    table = artifacts["kling-continuation-clips"].data
+    assert all(record.job_id in table for record in result.records) and "clip-03" in table
+    progress = {k: a for k, a in artifacts.items() if a.type == "progress"}
+    assert set(progress) == {"kling-progress-clip-01", "kling-progress-clip-02", "kling-progress-clip-03"}
+    assert all(float(a.data) == 100.0 for a in progress.values())
 
 
 async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block, tmp_path) -> None:
@@ -118,7 +108,14 @@ async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block,
     )
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
-    expected = {"clip-01.mp4", "clip-02.mp4", "final.mp4", "clip-01.thumb.png", "frames/clip-01.last.png"}
+    expected = {
+        "clip-01.mp4",
+        "clip-01.json",
+        "clip-02.mp4",
+        "final.mp4",
+        "clip-01.thumb.jpg",
+        "frames/clip-01.last.png",
+    }
     assert {f"kling/s3-run/{k}" for k in expected} <= keys
     assert result.final.uri == f"s3://{bucket}/kling/s3-run/final.mp4"
 
@@ -168,8 +165,12 @@ async def test_failed_job_fails_the_flow_with_vendor_message_and_job_id(emulator
     with pytest.raises(JobFailed, match="content moderation") as caught:
         await state.aresult()
     assert caught.value.job_id in emulator.stats().jobs
-    summary = (await artifacts_of(state))["kling-fails-summary"].data
-    assert caught.value.job_id in summary and "JobFailed" in summary
+    artifacts = await artifacts_of(state)
+    summary = artifacts["kling-text-to-video-summary"].data
+    assert "0 of 1 clip stored" in summary and "failed at the vendor: generation failed: content moderation" in summary
+    assert caught.value.job_id in artifacts["kling-text-to-video-clips"].data
+    progress = artifacts["kling-progress-clip-01"]
+    assert "FAILED at the vendor" in (progress.description or "") and float(progress.data) < 100
 
 
 async def test_budget_is_checked_before_anything_is_created(emulator, tmp_path) -> None:
@@ -205,12 +206,15 @@ async def test_batch_fails_the_run_after_storing_the_others(emulator, tmp_path) 
     )
     assert state.is_failed()
     assert len(list(tmp_path.glob("item-*.mp4"))) == 2
-    # Each stored clip got its link and thumbnail as it was stored; the failed one none; the summary at the end.
+    # The run says what happened in its state message; the result (every record) is on the error.
+    assert state.message.startswith("2 of 3 clips stored; item-")
+    assert "failed at the vendor" in state.message
+    with pytest.raises(RunIncomplete) as caught:
+        await state.aresult()
+    assert [r.status for r in caught.value.result.records].count("stored") == 2
     artifacts = await artifacts_of(state)
-    links = sorted(k for k, a in artifacts.items() if k.endswith("-video") and a.type == "markdown")
-    images = sorted(k for k, a in artifacts.items() if k.endswith("-thumbnail") and a.type == "image")
-    assert len(links) == 2 and len(images) == 2, sorted(artifacts)
-    assert "kling-batch-fail-summary" in artifacts and "kling-batch-fail-clips" in artifacts
+    assert {k for k, a in artifacts.items() if a.type != "progress"} == {"kling-batch-summary", "kling-batch-clips"}
+    assert artifacts["kling-batch-summary"].data.startswith("# Kling batch: 2 of 3 clips stored")
 
 
 async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(emulator, tmp_path) -> None:
@@ -222,10 +226,7 @@ async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(em
     assert state.is_completed(), state
     assert emulator.stats().downloads == 8 and emulator.stats().creates == 1
     assert media.probe(tmp_path / "clip-01.mp4").frame_count == 3 * 24
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+    runs = await task_runs_of(state)
     store = next(r for r in runs if r.name == "store-clip-01")
     assert store.run_count == 2
 

@@ -20,12 +20,10 @@ from kling_prefect import (
 )
 from kling_prefect.models import MODEL_IDS, REQUEST_MODELS
 
+from .helpers import shots
+
 URL = "https://example.com/frame.png"
 PNG_DATA_URI = "data:image/png;base64,iVBORw0KGgo="
-
-
-def shots(*durations: int) -> list[dict[str, Any]]:
-    return [{"prompt": f"shot {i}", "duration": d} for i, d in enumerate(durations)]
 
 
 def element(**overrides: Any) -> dict[str, Any]:

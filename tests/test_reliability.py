@@ -11,19 +11,16 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from kling_prefect import (
     BudgetExceeded,
@@ -40,10 +37,26 @@ from kling_prefect import (
 from kling_prefect.client import RetryPolicy
 from kling_prefect.emulator import Emulator
 from kling_prefect.emulator.video import render_clip
-from kling_prefect.flows import UNKNOWN_STATUS_RECHECKS, batch, check_budget, continuation, text_to_video
+from kling_prefect.flows import batch, continuation, text_to_video
+from kling_prefect.planning import check_budget
+from kling_prefect.pricing import format_usd
 from kling_prefect.storage import LocalStore, safe_key, safe_name
+from kling_prefect.tasks import UNKNOWN_STATUS_RECHECKS
 
 from .conftest import TEST_KEY
+from .helpers import (
+    LoopbackServer,
+    answer,
+    artifacts_of,
+    creates_by_prompt,
+    flow_run_of,
+    inject_when,
+    mp4s,
+    partial_files,
+    read_body,
+    task_runs_of,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -66,62 +79,6 @@ def fast_retries(monkeypatch) -> None:
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def creates_by_prompt(emulator: Emulator) -> Counter[str]:
-    return Counter(str(job.args.get("prompt", "")) for job in emulator.stats().jobs.values())
-
-
-def partial_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith(".part")]
-
-
-def assert_all_mp4_decode(root: Path) -> list[Path]:
-    videos = sorted(root.rglob("*.mp4"))
-    for video in videos:
-        assert media.is_decodable_mp4(video), video
-    return videos
-
-
-async def flow_run_of(state: Any) -> Any:
-    async with get_client() as client:
-        return await client.read_flow_run(state.state_details.flow_run_id)
-
-
-async def task_runs_of(state: Any) -> list[Any]:
-    async with get_client() as client:
-        return await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-
-
-async def artifacts_of(state: Any) -> dict[str, Any]:
-    async with get_client() as client:
-        found = await client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
-    return {a.key: a for a in found if a.key}
-
-
-def inject_when(emulator: Emulator, ready: Callable[[], bool], fault: str, **params: Any) -> threading.Thread:
-    """Inject ``fault`` as soon as ``ready()`` holds (checked every 5 ms, for at most 60 s)."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + 60
-        while not ready() and time.monotonic() < deadline:
-            time.sleep(0.005)
-        emulator.inject(fault, **params)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    return watcher
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------------------------- 1. crash and retry
@@ -171,7 +128,9 @@ def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twi
     emu, durations = timed_emulator
     chain = ["Kill chain: a lantern is lit", "Kill chain: the lantern drifts over the lake"]
     items = ["Kill batch: a red kite", "Kill batch: a green kite", "Kill batch: a blue kite"]
-    durations.update({chain[0]: 0.3, chain[1]: 4.0, **dict.fromkeys(items, 4.0)})
+    # Long enough that each wait has queried its job (the first query of a cold wait comes up to max_skip, 3 s,
+    # after the create) well before the job ends.
+    durations.update({chain[0]: 0.3, chain[1]: 8.0, **dict.fromkeys(items, 8.0)})
     env = flow_env(emu, **FAST_RETRY_ENV)
     specs = {
         "chain": {
@@ -221,7 +180,12 @@ def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twi
                 proc.kill()
                 proc.wait()
     killed_at = emu.stats()
-    assert all(killed_at.jobs[j].status in (0, 1) for j in killed_at.jobs if killed_at.jobs[j].args["prompt"] in items)
+    assert all(
+        killed_at.jobs[j].status in (0, 1) for j in killed_at.jobs if killed_at.jobs[j].args["prompt"] in items
+    ), [
+        (j.args["prompt"], j.status, j.created_at, j.done_at, j.queries, j.first_terminal_seen_at, time.monotonic())
+        for j in killed_at.jobs.values()
+    ]
     assert not (tmp_path / "chain" / "clip-02.mp4").exists()
 
     reruns = {name: start_flow(spec, env, tmp_path / f"{name}-2.log") for name, spec in specs.items()}
@@ -236,7 +200,7 @@ def test_sigkill_while_waiting_then_rerun_with_the_same_run_key_pays_nothing_twi
         j for j, rec in emu.stats().jobs.items() if rec.args["prompt"] in items
     }
     assert media.probe(tmp_path / "chain" / "final.mp4").frame_count == (3 + 5) * 24
-    assert len(assert_all_mp4_decode(tmp_path / "batch")) == 3
+    assert len(mp4s(tmp_path / "batch")) == 3
     assert not partial_files(tmp_path / "batch")
 
 
@@ -401,7 +365,7 @@ async def test_refused_create_fails_its_step_and_is_never_sent_again(
     assert stats.create_requests == 3 and stats.creates == 2  # the refused POST was not sent again
     refused = [r for r in result.records if r.status != "stored"]
     assert len(refused) == 1 and refused[0].job_id is None
-    assert len(result.clips) == 2
+    assert sum(r.stored for r in result.records) == 2
 
 
 async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sums_amounts(
@@ -420,7 +384,7 @@ async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sum
     emu.clear_faults()
     assert creates_by_prompt(emu) == Counter(i["prompt"] for i in items)
     failed = [r for r in result.records if r.status != "stored"]
-    assert len(failed) == 1 and len(result.clips) == 4
+    assert len(failed) == 1 and sum(r.stored for r in result.records) == 4
     bad = failed[0]
     assert bad.job_id in stats.jobs and stats.jobs[bad.job_id].status == 3
     assert "generation failed: policy 42" in (bad.error or "") and bad.job_id in (bad.error or "")
@@ -428,15 +392,15 @@ async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sum
     waits = [r for r in await task_runs_of(state) if r.name == f"wait-{bad.step}"]
     assert waits and all(r.state.is_failed() for r in waits)
     assert "generation failed: policy 42" in waits[0].state.message and bad.job_id in waits[0].state.message
-    assert len(assert_all_mp4_decode(tmp_path)) == 4 and not partial_files(tmp_path)
+    assert len(mp4s(tmp_path)) == 4 and not partial_files(tmp_path)
     assert stats.requests < 300, stats
     # Vendor-reported amounts (the failed job was billed too) are summed in the run's artifacts.
     billed = sum((Decimal(job.amount) for job in stats.jobs.values()), Decimal(0))
     assert sum((r.amount or Decimal(0)) for r in result.records) == billed
     artifacts = await artifacts_of(state)
-    assert f"vendor-reported ${billed:.3f}" in artifacts["kling-faulty-batch-summary"].data
-    rows = json.loads(artifacts["kling-faulty-batch-clips"].data)
-    assert sum(Decimal(row["vendor_amount_usd"]) for row in rows) == billed
+    assert f"vendor-reported {format_usd(billed)} in this run" in artifacts["kling-batch-summary"].data
+    rows = json.loads(artifacts["kling-batch-clips"].data)
+    assert sum(Decimal(row["vendor_amount"].removeprefix("$")) for row in rows) == billed
 
 
 async def test_ambiguous_create_is_not_retried_by_the_client_a_flow_retry_or_a_rerun(
@@ -454,7 +418,7 @@ async def test_ambiguous_create_is_not_retried_by_the_client_a_flow_retry_or_a_r
     assert emu.stats().create_requests == 1 and emu.stats().creates == 1  # three flow attempts, one POST
     text = str(caught.value)
     assert "may have been accepted" in text and "dashboard" in text and "resubmit_uncertain=True" in text
-    summary = (await artifacts_of(state))["kling-ambiguous-summary"].data
+    summary = (await artifacts_of(state))["kling-text-to-video-summary"].data
     assert "JobMayHaveBeenCreated" in summary and "may have been" in summary
 
     before = emu.stats().requests
@@ -514,7 +478,7 @@ async def test_budget_refuses_a_whole_batch_before_any_request(vendor_env, tmp_p
     emu = vendor_env
     file = tmp_path / "batch.jsonl"
     file.write_text("\n".join(json.dumps({"prompt": f"budget {i}"}) for i in range(4)) + "\n")  # 4 x $0.475
-    with pytest.raises(BudgetExceeded, match=r"estimated \$1\.900 for 4 job\(s\) exceeds .* by \$0\.400"):
+    with pytest.raises(BudgetExceeded, match=r"estimated \$1\.90 for 4 job\(s\) exceeds .* by \$0\.40; nothing"):
         await batch(file=str(file), max_cost_usd=1.5, output_dir=str(tmp_path), **FAST)
     with pytest.raises(BudgetExceeded, match=r"by \$0\.475"):
         await continuation(["a", "b"], max_cost_usd=0.5, output_dir=str(tmp_path), **FAST)  # 0.475 + 0.5
@@ -525,63 +489,35 @@ async def test_budget_refuses_a_whole_batch_before_any_request(vendor_env, tmp_p
 # --------------------------------------------------------------------------------------------- 7. hostile vendor
 
 
-class Hostile:
-    """A tiny real HTTP server playing a hostile vendor: create, query and file answers are set by the test."""
+class Hostile(LoopbackServer):
+    """A hostile vendor: create, query and file answers are set by the test."""
 
     def __init__(self) -> None:
         self.job_ids: list[str] = []
-        self.results: dict[str, Any] = {}  # job id -> query ``data`` (or a raw callable)
+        self.results: dict[str, Any] = {}  # job id -> query ``data``
         self.files: dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
         self.amount: Any = "0.213"
         self.hits: Counter[str] = Counter()
-        hostile = self
+        super().__init__(self._handle)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _json(self, payload: Any) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                hostile.hits["create"] += 1
-                job_id = hostile.job_ids.pop(0)
-                self._json({"code": 0, "data": {"job_id": job_id, "amount": hostile.amount}})
-
-            def do_GET(self) -> None:
-                parts = urlsplit(self.path)
-                if parts.path == "/api/v1/job/query":
-                    hostile.hits["query"] += 1
-                    job_id = parse_qs(parts.query)["id"][0]
-                    self._json({"code": 0, "data": {"job_id": job_id, **hostile.results[job_id]}})
-                    return
-                hostile.hits[parts.path] += 1
-                hostile.files[parts.path](self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+    def _handle(self, method: str, request: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(request.path)
+        if method == "POST":
+            read_body(request)
+            self.hits["create"] += 1
+            body = {"code": 0, "data": {"job_id": self.job_ids.pop(0), "amount": self.amount}}
+            answer(request, 200, json.dumps(body).encode())
+        elif parts.path == "/api/v1/job/query":
+            self.hits["query"] += 1
+            job_id = parse_qs(parts.query)["id"][0]
+            answer(request, 200, json.dumps({"code": 0, "data": {"job_id": job_id, **self.results[job_id]}}).encode())
+        else:
+            self.hits[parts.path] += 1
+            self.files[parts.path](request)
 
     def succeed(self, job_id: str, url: str) -> None:
         self.job_ids.append(job_id)
         self.results[job_id] = {"status": 2, "result": {"videos": [{"url": url}]}}
-
-    def __enter__(self) -> Hostile:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def serve_bytes(data: bytes, *, length: int | None = None, status: int = 200, headers: dict[str, str] | None = None):
@@ -689,8 +625,8 @@ async def test_hostile_job_ids_amounts_and_bodies_are_contained(
     assert result.records[0].job_id == "../../../escaped/x" and result.records[0].amount is None
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.mp4")] == ["clip-01.mp4"]
     assert not list(tmp_path.rglob("escaped")) and not (tmp_path.parent / "escaped").exists()
-    summary = (await artifacts_of(state))["kling-hostile-1-summary"].data
-    assert "vendor-reported $0.000 (1 job(s) without a usable reported amount)" in summary
+    summary = (await artifacts_of(state))["kling-text-to-video-summary"].data
+    assert "vendor-reported $0.00 in this run, $0.00 earlier (1 job(s) without a reported amount)" in summary
 
     # A result URL that is not http(s), and a body that is not a video: the task fails naming the job, and no
     # file is left behind.

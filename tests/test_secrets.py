@@ -9,11 +9,9 @@ import json
 import os
 import secrets
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -34,6 +32,8 @@ from kling_prefect import (
 from kling_prefect.client import RetryPolicy
 from kling_prefect.emulator import Emulator
 from kling_prefect.flows import batch
+
+from .helpers import LoopbackServer, answer, read_body
 
 CANARY = f"sk-canary-{secrets.token_hex(12)}"
 CLI = str(Path(sys.executable).with_name("kling-prefect"))
@@ -178,51 +178,32 @@ async def test_canary_key_appears_nowhere_prefect_or_the_outputs_keep(
 # --------------------------------------------------------------------------------------------- echoing vendors
 
 
-class Echo:
+class Echo(LoopbackServer):
     """A vendor that echoes the request's Authorization header in every error it returns."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        super().__init__(self._handle)
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _answer(self, status: int, body: bytes, kind: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                auth = self.headers.get("Authorization", "")
-                self._answer(401, json.dumps({"code": 401, "message": f"invalid key in header {auth!r}"}).encode())
-
-            def do_GET(self) -> None:
-                auth = self.headers.get("Authorization", "")
-                if urlsplit(self.path).path == "/api/v1/job/query" and "fail" in self.path:
-                    data = {"job_id": "j", "status": 3, "error": f"rejected for {auth}"}
-                    self._answer(200, json.dumps({"code": 0, "data": data}).encode())
-                elif urlsplit(self.path).path == "/api/v1/job/query":
-                    page = f"<html><body>502 Bad Gateway for {auth}</body></html>".encode()
-                    self._answer(502, page, "text/html")
-                else:
-                    self._answer(403, f"<Error>expired; you sent {auth}</Error>".encode(), "application/xml")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+    @staticmethod
+    def _handle(method: str, request: BaseHTTPRequestHandler) -> None:
+        auth = request.headers.get("Authorization", "")
+        path = urlsplit(request.path).path
+        if method == "POST":
+            read_body(request)
+            answer(request, 401, json.dumps({"code": 401, "message": f"invalid key in header {auth!r}"}).encode())
+        elif path == "/api/v1/job/query" and "fail" in request.path:
+            data = {"job_id": "j", "status": 3, "error": f"rejected for {auth}"}
+            answer(request, 200, json.dumps({"code": 0, "data": data}).encode())
+        elif path == "/api/v1/job/query":
+            answer(request, 502, f"<html><body>502 Bad Gateway for {auth}</body></html>".encode(), "text/html")
+        else:
+            answer(request, 403, f"<Error>expired; you sent {auth}</Error>".encode(), "application/xml")
 
 
 @pytest.fixture(scope="module")
 def echo() -> Iterator[Echo]:
-    server = Echo()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    with Echo() as server:
+        yield server
 
 
 def leak_free(error: ShortAPIError) -> None:

@@ -34,7 +34,7 @@ from tests.deploy_helpers import (
     PREFECT,
     PrefectServer,
     free_port,
-    run_cli,
+    run_command,
     start_worker,
     stop_worker,
     tail,
@@ -81,11 +81,11 @@ def topology(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory)
     server = PrefectServer(home=home, port=free_port(), database_url=postgres.url).start()
     try:
         env = server.env()
-        run_cli([PREFECT, "work-pool", "create", POOL, "--type", "process"], env)
-        setup = run_cli([KLING_PREFECT, "setup", "--jobs-limit", str(JOBS_LIMIT)], env)
+        run_command([PREFECT, "work-pool", "create", POOL, "--type", "process"], env)
+        setup = run_command([KLING_PREFECT, "setup", "--jobs-limit", str(JOBS_LIMIT)], env)
         assert f"{DEFAULT_JOBS_LIMIT!r} created: {JOBS_LIMIT} jobs in flight" in setup.stdout
         deploy = [PREFECT, "--no-prompt", "deploy", "--name", "batch-every-6h"]
-        run_cli([*deploy, "--prefect-file", "deployments/prefect.yaml"], env)
+        run_command([*deploy, "--prefect-file", "deployments/prefect.yaml"], env)
         with SyncPrefectClient(server.api_url) as client:
             deployment_id = client.read_deployment_by_name(DEPLOYMENT).id
         print(
@@ -176,7 +176,12 @@ def test_three_workers_split_one_batch_within_one_jobs_limit(topology: Topology,
     assert sorted(p for part in slices for p in part) == sorted(prompts) and all(slices)
     part_of = {prompt: index for index, part in enumerate(slices) for prompt in part}
 
-    with Emulator(time_scale=TIME_SCALE, seed=23, timing_jitter=0.1) as emulator:
+    # Jobs of one run end 1 s apart (1.5, 2.5, 3.5 s): its slots come free one at a time, so the runs waiting for
+    # slots take them while it still holds the others, whatever order the workers picked the runs up in.
+    staggered = {prompt: 75.0 + 50.0 * (index % 3) for index, prompt in enumerate(prompts)}
+    with Emulator(
+        time_scale=TIME_SCALE, seed=23, timing_jitter=0.0, job_time=lambda model, args: staggered[args["prompt"]]
+    ) as emulator:
         vendor = {
             "SHORTAPI_KEY": TEST_KEY,
             "SHORTAPI_BASE_URL": emulator.base_url,

@@ -8,18 +8,7 @@
 - :mod:`~kling_prefect.client.pool`: :func:`shared_http_client`, one connection pool per event loop.
 
 Examples:
-    ```python
-    import asyncio
-    from kling_prefect import KlingO3TextToVideo, ShortAPIClient
-
-    async def main():
-        async with ShortAPIClient() as client:  # SHORTAPI_KEY / SHORTAPI_BASE_URL from the environment
-            created = await client.create_job(KlingO3TextToVideo(prompt="A red kite over dunes"))
-            job = await client.wait_for_job(created, timeout=1800)
-            await client.download(job.video_url, "kite.mp4", job_id=job.job_id)
-
-    asyncio.run(main())
-    ```
+    See :class:`ShortAPIClient` (``create_job`` -> ``wait_for_job`` -> ``download``).
 """
 
 from kling_prefect.client.api import DEFAULT_BASE_URL, ENV_BASE_URL, ENV_KEY, ShortAPIClient

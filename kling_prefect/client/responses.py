@@ -146,8 +146,9 @@ def interpret_response(
 def job_from_data(job_id: str, data: Mapping[str, Any]) -> Job:
     """A :class:`Job` from a query's ``data``: states 0/1 pending, 2 succeeded, 3 failed, others unknown."""
     raw_status = data.get("status")
+    number: int | None
     try:
-        number = int(raw_status)  # some gateways send "2"
+        number = int(raw_status) if raw_status is not None else None  # some gateways send "2"
     except (TypeError, ValueError):
         number = None
     state: JobState = _STATES.get(number, "unknown") if number is not None else "unknown"

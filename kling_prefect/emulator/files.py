@@ -8,7 +8,7 @@ Bodies are streamed in chunks: memory use does not grow with the size served.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime, timezone
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -38,7 +38,7 @@ class ResultBody:
         """Total bytes served for a full download."""
         return self.file_size + self.padding_bytes
 
-    async def iter_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def iter_range(self, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """Yield bytes ``[start, end)`` in chunks."""
         position = start
         file_end = min(end, self.file_size)

@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -68,7 +68,7 @@ class Request:
         return "close" not in tokens
 
 
-BodyStream = Callable[[], AsyncIterator[bytes]]
+BodyStream = Callable[[], AsyncGenerator[bytes, None]]
 
 
 @dataclass

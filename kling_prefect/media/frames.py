@@ -160,7 +160,8 @@ def _decode_index(path: StrPath, index: int) -> VideoFrame:
         stream = video_stream(container)
         for i, frame in enumerate(container.decode(stream)):
             if i == index:
-                return frame
+                decoded: VideoFrame = frame
+                return decoded
     raise IndexError(f"{os.fspath(path)}: frame {index} out of range")
 
 

@@ -28,6 +28,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.frame import VideoFrame
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
+from av.video.stream import VideoStream
 
 from kling_prefect.atomic import atomic_path
 from kling_prefect.media._container import (
@@ -292,10 +293,10 @@ def _reencode(sources: Sequence[Path], infos: Sequence[VideoInfo], tmp: Path, fm
             out_a.bit_rate = 96_000 * (2 if layout == "stereo" else 1)  # FFmpeg's mono default is ~69 kb/s
             sink = _AudioSink(out, out_a, layout, rate)
 
-        held: list[av.Packet] = []  # the newest video packet, held back so the last one can get a duration
+        held: list[av.Packet[VideoStream]] = []  # the newest video packet, held back so the last one can get a duration
         first_dts: list[int] = []
 
-        def mux_video(packets: list[av.Packet]) -> None:
+        def mux_video(packets: list[av.Packet[VideoStream]]) -> None:
             for packet in packets:
                 if not first_dts and packet.dts is not None:
                     first_dts.append(packet.dts)

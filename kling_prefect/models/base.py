@@ -153,7 +153,7 @@ class KlingRequest(BaseModel):
         return str(getattr(self, "mode", None) or self.facts.modes[0])
 
 
-def require_prompt(value: str | None, field: str = "prompt", why: str = "") -> None:
+def require_prompt(value: str | None, field: str | tuple[str | int, ...] = "prompt", why: str = "") -> None:
     """Reject a missing or blank prompt, saying which rule needs it."""
     if value is None or not value.strip():
         raise rule_error(field, value, "prompt_required", "must not be empty" + (f" {why}" if why else ""))

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import anyio
 from prefect import get_run_logger
+from prefect.client.schemas.objects import State
 from typing_extensions import TypedDict, Unpack
 
 from kling_prefect.concurrency import job_slot
@@ -110,7 +111,7 @@ async def generate_video(
     async def submit(refresh: bool = False) -> tuple[SubmittedJob, bool]:
         """The step's job and whether it was remembered (created by an earlier attempt or run)."""
         submitter = submit_kling_job.with_options(refresh_cache=True) if refresh else submit_kling_job
-        state = await submitter(
+        state: State[SubmittedJob] = await submitter(  # type: ignore[misc]  # an async task: a coroutine
             request,
             run_key=run_key,
             step=step,

@@ -131,6 +131,12 @@ async def wait_for_end(
     began = time.monotonic()
     offset = 0.0 if started_at is None else time.time() - started_at
 
+    pending_at = 0.0  # elapsed time at which the job was last known pending (its creation, at first)
+    not_before = 0.0
+    hinted_at: float | None = None  # when the job's callback came
+    follow_ups = 0  # queries at min_interval after a callback whose query still saw the job pending
+    fallback: float | None = None  # this sleep's fallback interval while callbacks are trusted
+
     def elapsed() -> float:
         return time.monotonic() - began + offset
 
@@ -146,11 +152,6 @@ async def wait_for_end(
         return policy.next_query(pending_at, durations.estimate(kind), rng)
 
     watcher = JobWatcher(job_id, on_status_change)
-    pending_at = 0.0  # elapsed time at which the job was last known pending (its creation, at first)
-    not_before = 0.0
-    hinted_at: float | None = None  # when the job's callback came
-    follow_ups = 0  # queries at min_interval after a callback whose query still saw the job pending
-    fallback: float | None = None  # this sleep's fallback interval while callbacks are trusted
     first = started_at is None  # nothing known of the job's age: look at once, and learn nothing from it
     while True:
         hinted = False  # this query answers the job's callback

@@ -1,0 +1,124 @@
+"""The reusable tasks keep every promise in a user's own flow (no bundled flow involved): one create per step
+across failures and re-runs, clips of different run keys never collide, nothing stored is ever replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from kling_prefect import JobMayHaveBeenCreated, KlingO3TextToVideo, StorageSpec, media
+from kling_prefect.tasks import generate_video, kling_o3_text_to_video
+
+from .helpers import creates_by_prompt
+
+pytestmark = [pytest.mark.usefixtures("prefect_server", "vendor_env"), pytest.mark.slow]
+
+REQUEST = KlingO3TextToVideo(prompt="A lantern on a quiet lake", duration=3, mode="std")
+FAST = {"poll_interval": 0.05, "timeout": 60.0}
+
+
+@pytest.fixture
+def fast_retries(monkeypatch) -> None:
+    for name, value in {"SHORTAPI_READ_TIMEOUT": "1.0", "SHORTAPI_RETRY_BASE_DELAY": "0.02"}.items():
+        monkeypatch.setenv(name, value)
+
+
+@flow
+async def my_clip(run_key: str, resubmit_uncertain: bool = False) -> str:
+    """What a user writes: one call of the one clip path."""
+    clip = await generate_video(REQUEST, run_key=run_key, resubmit_uncertain=resubmit_uncertain, **FAST)
+    return str(clip.local_path)
+
+
+@flow
+async def my_helper_clip(run_key: str, resubmit_uncertain: bool = False) -> str:
+    """The same through the typed per-model helper."""
+    clip = await kling_o3_text_to_video(
+        prompt="A kite at dawn", duration=3, mode="std", run_key=run_key, resubmit_uncertain=resubmit_uncertain, **FAST
+    )
+    return str(clip.local_path)
+
+
+@pytest.mark.parametrize("user_flow", [my_clip, my_helper_clip], ids=["generate_video", "helper"])
+async def test_an_ambiguous_create_is_paid_once_until_the_user_says_otherwise(
+    vendor_env, fast_retries, tmp_path, monkeypatch, user_flow
+) -> None:
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+    emu.inject("drop_after_create", times=1)  # the vendor creates (and bills) the job; its answer is lost
+    first = await user_flow("rk-ambiguous", return_state=True)
+    assert first.is_failed()
+    with pytest.raises(JobMayHaveBeenCreated, match="may have been accepted"):
+        await first.aresult()
+    assert emu.stats().create_requests == 1
+    for _ in range(2):  # re-runs with the same run key send nothing, and say why
+        again = await user_flow("rk-ambiguous", return_state=True)
+        with pytest.raises(JobMayHaveBeenCreated, match=r"not submitted again.*resubmit_uncertain=True"):
+            await again.aresult()
+    assert emu.stats().create_requests == 1
+    path = Path(await user_flow("rk-ambiguous", resubmit_uncertain=True))  # the user checked the dashboard
+    assert emu.stats().create_requests == 2 and media.is_decodable_mp4(path)
+    assert path == tmp_path / "kling-output" / "rk-ambiguous" / "clip.mp4"
+
+
+async def test_two_run_keys_keep_both_clips_and_a_rerun_creates_and_rewrites_nothing(
+    vendor_env, tmp_path, monkeypatch
+) -> None:
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+    a = Path(await my_clip("rk-A"))
+    b = Path(await my_clip("rk-B"))
+    assert a == tmp_path / "kling-output" / "rk-A" / "clip.mp4" and b == tmp_path / "kling-output" / "rk-B" / "clip.mp4"
+    records = [json.loads((p.parent / "clip.json").read_text()) for p in (a, b)]
+    assert records[0]["job_id"] != records[1]["job_id"]  # two jobs, two clips, both kept
+    assert media.is_decodable_mp4(a) and media.is_decodable_mp4(b)
+    assert (a.parent / "clip.thumb.jpg").is_file()
+    files = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in (tmp_path / "kling-output").rglob("*") if p.is_file()}
+
+    before = emu.stats()
+    assert Path(await my_clip("rk-A")) == a  # a re-run with the same key
+    after_stats = emu.stats()
+    # nothing created or downloaded (the wait asks the vendor once: the job it remembers is done)
+    assert (after_stats.create_requests, after_stats.downloads) == (before.create_requests, before.downloads)
+    assert after_stats.queries - before.queries == 1
+    after = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in (tmp_path / "kling-output").rglob("*") if p.is_file()}
+    assert after == files  # and nothing rewritten
+    assert creates_by_prompt(emu)[REQUEST.prompt] == 2
+
+
+async def test_another_jobs_file_at_the_clips_place_is_never_replaced(vendor_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "kling-output" / "rk-C"
+    folder.mkdir(parents=True)
+    (folder / "clip.mp4").write_bytes(b"a clip this run did not make")
+    stored = Path(await my_clip("rk-C"))
+    assert (folder / "clip.mp4").read_bytes() == b"a clip this run did not make"
+    assert stored.parent == folder and stored.name.startswith("clip.") and stored.name != "clip.mp4"
+    assert sorted(p.name for p in folder.glob("*.mp4")) == sorted(["clip.mp4", stored.name])
+    assert media.is_decodable_mp4(stored)
+
+
+async def test_a_store_without_its_cached_result_finds_the_clip_and_rewrites_nothing(
+    vendor_env, tmp_path, monkeypatch
+) -> None:
+    from kling_prefect.records import FinishedJob
+    from kling_prefect.tasks import store_kling_video
+
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+
+    @flow
+    async def store_twice(run_key: str) -> tuple[str, str]:
+        clip = await generate_video(REQUEST, run_key=run_key, **FAST)
+        finished = FinishedJob(submitted=clip.submitted, video_urls=("http://127.0.0.1:9/gone.mp4",), finished_at=0)
+        # a different destination key would be a new store; the same one, uncached, must not download again
+        again = await store_kling_video.with_options(refresh_cache=True)(finished, storage=StorageSpec())
+        return str(clip.local_path), str(again.local_path)
+
+    downloads = emu.stats().downloads
+    first, second = await store_twice("rk-D")
+    assert first == second and emu.stats().downloads == downloads + 1  # the second store fetched nothing
