@@ -34,7 +34,7 @@ import asyncio
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from kling_prefect import media
-from kling_prefect.artifacts import SeamPicture, publish_run_artifacts
+from kling_prefect.artifacts import MAX_PICTURES, SeamPicture, publish_run_artifacts
 from kling_prefect.batchfile import BatchItem, load_batch_items
 from kling_prefect.exceptions import InvalidInput, ShortAPIError
 from kling_prefect.models import KlingO1ImageToVideo, KlingRequest
@@ -207,9 +207,13 @@ async def seam_pictures(clips: list[StoredVideo]) -> list[SeamPicture]:
 async def _finish(
     flow_name: str, title: str, result: RunResult, run: Run, seams: list[SeamPicture] | None = None
 ) -> None:
-    result.summary_artifact = await publish_run_artifacts(
-        flow=flow_name, title=title, result=result, storage=run.describe_storage(), seams=seams or ()
-    )
+    """Publish the run's artifacts. A Prefect API that fails now only costs the report: the clips are stored."""
+    try:
+        result.summary_artifact = await publish_run_artifacts(
+            flow=flow_name, title=title, result=result, storage=run.describe_storage(), seams=seams or ()
+        )
+    except Exception as exc:
+        get_run_logger().warning("the run's artifacts were not published (%s: %s)", type(exc).__name__, exc)
 
 
 # --------------------------------------------------------------------------------------------- flows
@@ -454,7 +458,11 @@ async def batch(
     order = {item.step: index for index, item in enumerate(items)}
     records: list[ClipRecord] = []
     async for record, _ in _bounded(items, min(int(max_concurrency), len(items)), run):
-        records.append(record)  # the clip itself is not kept: a batch holds its records only
+        # A batch holds its records only, not its clips; and the summary shows the first MAX_PICTURES clips'
+        # pictures, so the others' are not kept either (a thousand clips' pictures are tens of MB).
+        if order[record.step] >= MAX_PICTURES:
+            record = replace(record, thumbnail_data_uri=None, filmstrip_data_uri=None)
+        records.append(record)
     records.sort(key=lambda r: order[r.step])
     result = RunResult(run_key=run.run_key, records=records)
     await _finish("batch", "Kling batch", result, run)

@@ -256,7 +256,9 @@ class ShortAPIClient:
 
     # -- query
 
-    async def get_job(self, job_id: str, *, deadline: float | None = None, priority: float = 0.5) -> Job:
+    async def get_job(
+        self, job_id: str, *, deadline: float | None = None, priority: float | Callable[[], float] = 0.5
+    ) -> Job:
         """Query a job once, retrying transient failures (429 honouring ``Retry-After``, 5xx, resets, timeouts).
 
         ``deadline`` (a ``time.monotonic()`` value) bounds the retries. Each attempt first takes a token of the
@@ -344,7 +346,7 @@ class ShortAPIClient:
             stack.enter_context(durations.watch(kind, doorbell))
             receiver = callbacks
 
-            async def query(priority: float, deadline: float | None) -> Job:
+            async def query(priority: Callable[[], float], deadline: float | None) -> Job:
                 return await self.get_job(job_id, deadline=deadline, priority=priority)
 
             try:

@@ -57,7 +57,9 @@ class SyncShortAPIClient:
     def create_job(self, request: KlingRequest, *, callback_url: str | None = None) -> CreatedJob:
         return self._run(self._async.create_job, request, callback_url=callback_url)
 
-    def get_job(self, job_id: str, *, deadline: float | None = None, priority: float = 0.5) -> Job:
+    def get_job(
+        self, job_id: str, *, deadline: float | None = None, priority: float | Callable[[], float] = 0.5
+    ) -> Job:
         return self._run(self._async.get_job, job_id, deadline=deadline, priority=priority)
 
     def wait_for_job(self, job: str | CreatedJob, **kwargs: Any) -> Job:

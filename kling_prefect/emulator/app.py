@@ -260,6 +260,7 @@ class EmulatorApp:
             counters.create_requests += 1
         elif endpoint == "query":
             counters.queries += 1
+            counters.query_times.append(clock())
         elif endpoint == "download" and request.method == "GET":
             counters.downloads += 1
             if request.header("authorization"):

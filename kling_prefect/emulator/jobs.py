@@ -131,6 +131,7 @@ class Counters:
     by_model: dict[str, int] = field(default_factory=dict)
     faults_fired: dict[str, int] = field(default_factory=dict)
     responses: dict[str, int] = field(default_factory=dict)
+    query_times: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -147,6 +148,7 @@ class Stats:
     - ``max_in_flight``: the most jobs ever created-and-not-terminal at once; ``in_flight``: right now.
     - ``callbacks_sent`` / ``callbacks_failed`` (POST errors) / ``callbacks_lost`` (``lost_callback`` faults).
     - ``faults_fired``: per fault kind; ``responses``: per HTTP status (``"reset"`` for aborted connections).
+    - ``query_times``: the :func:`clock` time of every query, in order (rates per second window).
     """
 
     requests: int
@@ -163,6 +165,7 @@ class Stats:
     by_model: dict[str, int]
     faults_fired: dict[str, int]
     responses: dict[str, int]
+    query_times: list[float]
     max_in_flight: int
     in_flight: int
     billed: str
@@ -214,6 +217,7 @@ def build_stats(counters: Counters, jobs: dict[str, Job], pending_faults: list[d
         by_model=dict(counters.by_model),
         faults_fired=dict(counters.faults_fired),
         responses=dict(counters.responses),
+        query_times=list(counters.query_times),
     )
     return Stats(
         **dataclasses.asdict(copied),

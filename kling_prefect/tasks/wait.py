@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
+from uuid import UUID
 
 import anyio
 from prefect import get_run_logger, task
@@ -33,6 +35,77 @@ async def retry_resumable(task: Any, task_run: Any, state: Any) -> bool:
     """
     outcome = await state.aresult(raise_on_failure=False)
     return isinstance(outcome, (TransientError, JobTimedOut, OSError))
+
+
+#: The least seconds between two progress updates of a running job (each is a call to the Prefect API).
+CREEP_SECONDS = 30.0
+#: The longest a wait task waits for its progress artifact's last update before it returns.
+FINAL_UPDATE_SECONDS = 10.0
+
+
+class JobProgress:
+    """A job's progress as the UI (its progress artifact) and the terminal (:mod:`kling_prefect.progress`) see it.
+
+    Best effort, and never in the wait's way: the artifact lives on the Prefect API, and an API that is slow or
+    overloaded (a thousand jobs reporting at once) must not slow or fail the wait of a job that runs, and is paid
+    for, at the vendor. Updates are sent in the background, the latest one only; a failed one is logged once per
+    job. The last update (the job's end) is awaited, for at most :data:`FINAL_UPDATE_SECONDS`.
+    """
+
+    def __init__(self, job: SubmittedJob, logger: Any) -> None:
+        self.job = job
+        self.logger = logger
+        self.artifact_id: UUID | None = None
+        self.percent = 0.0
+        self.state = "queued"
+        self._shown = 0.0
+        self._wanted: tuple[float, str | None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._warned = False
+
+    @classmethod
+    async def start(cls, job: SubmittedJob, logger: Any) -> JobProgress:
+        shown = cls(job, logger)
+        shown._sender = asyncio.ensure_future(shown._send(create=True))
+        return shown
+
+    def update(self, percent: float, state: str, description: str | None = None, message: str = "") -> None:
+        """Move to ``percent`` (never backwards) in ``state``; the artifact in whole points or with a description."""
+        self.percent = max(self.percent, min(percent, 100.0))
+        self.state = state
+        progress.emit(
+            progress.ProgressEvent(self.job.run_key, self.job.step, state, self.percent / 100, self.job.job_id, message)
+        )
+        if self.percent >= self._shown + 1 or self.percent >= 100 or description is not None:
+            self._shown = self.percent
+            self._wanted = (self.percent, description)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.ensure_future(self._send())
+
+    async def finish(self, percent: float, state: str, description: str, message: str = "") -> None:
+        """The job's end: shown, and the artifact updated before the task ends (within a bounded time)."""
+        self.update(percent, state, description, message)
+        if self._sender is not None:
+            with anyio.move_on_after(FINAL_UPDATE_SECONDS):
+                await asyncio.shield(self._sender)
+
+    async def _send(self, create: bool = False) -> None:
+        try:
+            if create:
+                self.artifact_id = await acreate_progress_artifact(
+                    0.0,
+                    key=artifact_key("kling-progress", self.job.step),
+                    description=f"{self.job.step}: {self.job.model} job {self.job.job_id} (run {self.job.run_key})",
+                )
+            while self._wanted is not None and self.artifact_id is not None:
+                (percent, description), self._wanted = self._wanted, None
+                await aupdate_progress_artifact(self.artifact_id, percent, description=description)
+        except Exception as exc:
+            if not self._warned:
+                self._warned = True
+                self.logger.warning(
+                    "progress artifact of %s not updated (%s: %s)", self.job.step, type(exc).__name__, exc
+                )
 
 
 def _creeping_percent(elapsed: float, expected: float) -> float:
@@ -77,43 +150,27 @@ async def wait_for_kling_job(
         ```
     """
     logger = get_run_logger()
-    artifact_id = await acreate_progress_artifact(
-        0.0,
-        key=artifact_key("kling-progress", job.step),
-        description=f"{job.step}: {job.model} job {job.job_id} (run {job.run_key})",
-    )
     kind = job.kind
     durations = default_duration_model()
-    current = {"percent": 0.0, "shown": 0.0}
-    state = "queued"
-
-    async def report(percent: float, description: str | None = None) -> None:
-        percent = max(current["percent"], min(percent, 100.0))
-        current["percent"] = percent
-        if percent >= current["shown"] + 1 or percent >= 100 or description:  # whole points: each is an API call
-            current["shown"] = percent
-            await aupdate_progress_artifact(artifact_id, percent, description=description)
-        progress.emit(progress.ProgressEvent(job.run_key, job.step, state, percent / 100, job.job_id))
+    shown = await JobProgress.start(job, logger)
 
     async def on_status(update: Job) -> None:
-        nonlocal state
         logger.info("job %s is %s (status %r)", job.job_id, update.state, update.status)
-        state = STATE_NAMES.get(update.state, state)
-        await report(_STATE_PERCENT.get(update.state, current["percent"]))
+        shown.update(_STATE_PERCENT.get(update.state, shown.percent), STATE_NAMES.get(update.state, shown.state))
 
-    async def tick() -> None:
+    async def creep() -> None:
         # Between status changes, creep towards 95% so a long job visibly moves.
         while True:
-            await anyio.sleep(15 * poll_interval)  # 30 s by default: a progress bar, not a hot loop of API calls
-            if state in ("queued", "running"):
+            await anyio.sleep(max(15 * poll_interval, CREEP_SECONDS))  # a progress bar, not a stream of API calls
+            if shown.state in ("queued", "running"):
                 expected = durations.estimate(kind).median
-                await report(_creeping_percent(max(0.0, time.time() - job.created_at), expected))
+                shown.update(_creeping_percent(max(0.0, time.time() - job.created_at), expected), shown.state)
 
     poll = PollPolicy.scaled(poll_interval, max_poll_interval)
     client = await open_client(credentials_block, poll)
     failure: ShortAPIError | None = None
     async with client, anyio.create_task_group() as group:
-        group.start_soon(tick)
+        group.start_soon(creep)
         try:
             done = await client.wait_for_job(
                 job.job_id,
@@ -129,19 +186,15 @@ async def wait_for_kling_job(
         finally:
             group.cancel_scope.cancel()
     if failure is not None:
-        ended = isinstance(failure, (JobFailed, UnknownJobStatus))
         reason = failure.message
-        if ended:
-            await aupdate_progress_artifact(
-                artifact_id, current["percent"], description=f"{job.step}: FAILED at the vendor: {reason[:300]}"
-            )
+        if isinstance(failure, (JobFailed, UnknownJobStatus)):
+            await shown.finish(shown.percent, "failed", f"{job.step}: FAILED at the vendor: {reason[:300]}", reason)
             events.emit_job_event(events.JOB_FAILED, job, reason=reason[:1000])
-        state = "failed" if ended else state
-        progress.emit(
-            progress.ProgressEvent(job.run_key, job.step, state, current["percent"] / 100, job.job_id, reason)
-        )
+        else:
+            progress.emit(
+                progress.ProgressEvent(job.run_key, job.step, shown.state, shown.percent / 100, job.job_id, reason)
+            )
         raise failure
-    state = "downloading"
-    await report(100.0, description=f"{job.step}: {job.model} job {job.job_id} succeeded")
+    await shown.finish(100.0, "downloading", f"{job.step}: {job.model} job {job.job_id} succeeded")
     events.emit_job_event(events.JOB_SUCCEEDED, job, waited_seconds=round(time.time() - job.created_at, 3))
     return FinishedJob(submitted=job, video_urls=done.video_urls, finished_at=time.time())

@@ -5,11 +5,14 @@ vendor account may make (a real API answers that with 429 for everyone). Every q
 :class:`~kling_prefect.client.ShortAPIClient` in the process takes a token from one :class:`QueryCap` first
 (``ShortAPIClient(max_queries_per_second=...)``, the credentials' ``max_queries_per_second``,
 ``SHORTAPI_MAX_QUERIES_PER_SECOND``, CLI ``--max-queries-per-second``; 10 by default, 0 for no cap). When
-queries queue for tokens, they are served by their ``priority``: the chance that the query finds its job done
-(from the wait's duration estimate; a callback's query comes first). So the cap delays the queries that would
+queries queue for tokens, they are served by their ``priority``: the chance that the query finds its job done,
+evaluated when a token comes free (from the wait's duration estimate: a query kept waiting grows likelier to
+find its job done, so none waits forever), a callback's query first. So the cap delays the queries that would
 most likely find a job still running, and the detection delay it costs falls where it matters least.
 
-Tokens come at ``rate`` per second with a burst of one: no second holds more than ``rate + 1`` queries.
+Tokens come at ``rate`` per second with a burst of one, and a query whose token was granted is sent no sooner
+than ``1 / rate`` after the previous one actually left (an event loop busy for a moment would otherwise send
+the queries it was handed in a bunch): no second holds more than ``rate + 1`` queries.
 
 Examples:
     ```python
@@ -23,10 +26,10 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["DEFAULT_QUERIES_PER_SECOND", "QueryCap", "shared_query_cap"]
@@ -34,12 +37,24 @@ __all__ = ["DEFAULT_QUERIES_PER_SECOND", "QueryCap", "shared_query_cap"]
 DEFAULT_QUERIES_PER_SECOND = 10.0
 
 
-@dataclass(order=True)
+Priority = float | Callable[[], float]
+
+
+@dataclass
 class _Waiter:
-    rank: tuple[float, int]
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-    future: asyncio.Future[None] = field(compare=False)
-    abandoned: bool = field(default=False, compare=False)
+    order: int
+    priority: Priority
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+    abandoned: bool = field(default=False)
+
+    def rank(self) -> tuple[float, int]:
+        """Higher first, then first come (evaluated now: a callable priority changes while it waits)."""
+        try:
+            value = self.priority() if callable(self.priority) else self.priority
+        except Exception:  # a broken estimate must not stall the queue
+            value = 0.5
+        return (float(value), -self.order)
 
 
 class QueryCap:
@@ -62,6 +77,7 @@ class QueryCap:
         self._order = itertools.count()
         self._condition = threading.Condition()
         self._dispatcher: threading.Thread | None = None
+        self._last_release = -1.0
         self.granted = 0
         self.delayed = 0
         self.waited_seconds = 0.0
@@ -73,17 +89,26 @@ class QueryCap:
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
-    async def acquire(self, priority: float = 0.5) -> float:
-        """Wait for a token; returns the seconds waited. ``priority`` is in [0, 1]: higher goes first."""
+    async def acquire(self, priority: Priority = 0.5) -> float:
+        """Wait for a token; returns the seconds waited.
+
+        ``priority`` is in [0, 1], higher goes first; a callable is evaluated (in the cap's thread) each time a
+        token comes free, so the priority of a query kept waiting can grow.
+        """
         loop = asyncio.get_running_loop()
         with self._condition:
             self._refill(time.monotonic())
             if not self._queue and self._tokens >= 1.0:
                 self._tokens -= 1.0
                 self.granted += 1
-                return 0.0
-            waiter = _Waiter((-float(priority), next(self._order)), loop, loop.create_future())
-            heapq.heappush(self._queue, waiter)
+                granted = True
+            else:
+                granted = False
+        if granted:
+            return await self._paced(time.monotonic())
+        with self._condition:
+            waiter = _Waiter(next(self._order), priority, loop, loop.create_future())
+            self._queue.append(waiter)
             self.delayed += 1
             if self._dispatcher is None:
                 self._dispatcher = threading.Thread(target=self._dispatch, name="kling-query-cap", daemon=True)
@@ -96,10 +121,20 @@ class QueryCap:
             with self._condition:
                 waiter.abandoned = True
             raise
-        waited = time.monotonic() - began
-        with self._condition:
-            self.waited_seconds += waited
-        return waited
+        return await self._paced(began)
+
+    async def _paced(self, began: float) -> float:
+        """Hold a granted query until ``1 / rate`` after the previous one left; the seconds waited in all."""
+        while True:
+            with self._condition:
+                now = time.monotonic()
+                pause = self._last_release + 1.0 / self.rate - now
+                if pause <= 0:
+                    self._last_release = now
+                    waited = now - began
+                    self.waited_seconds += waited
+                    return waited
+            await asyncio.sleep(pause)
 
     def _dispatch(self) -> None:
         with self._condition:
@@ -110,9 +145,11 @@ class QueryCap:
                 if self._tokens < 1.0:
                     self._condition.wait((1.0 - self._tokens) / self.rate)
                     continue
-                waiter = heapq.heappop(self._queue)
-                if waiter.abandoned:
+                self._queue = [w for w in self._queue if not w.abandoned]
+                if not self._queue:
                     continue
+                waiter = max(self._queue, key=_Waiter.rank)
+                self._queue.remove(waiter)
                 self._tokens -= 1.0
                 self.granted += 1
                 try:

@@ -96,7 +96,7 @@ class JobWatcher:
 
 async def wait_for_end(
     job_id: str,
-    query: Callable[[float, float | None], Awaitable[J]],
+    query: Callable[[Callable[[], float], float | None], Awaitable[J]],
     *,
     kind: JobKind,
     started_at: float | None,
@@ -111,8 +111,8 @@ async def wait_for_end(
     """Query ``job_id`` until it ends; return the answer that says it succeeded.
 
     Args:
-        query: one query: ``query(priority, deadline)``, ``priority`` being the chance it finds the job done
-            (for a :class:`~kling_prefect.waiting.querycap.QueryCap`), ``deadline`` a ``time.monotonic()``
+        query: one query: ``query(priority, deadline)``, ``priority()`` being the chance it finds the job done
+            now (for a :class:`~kling_prefect.waiting.querycap.QueryCap`), ``deadline`` a ``time.monotonic()``
             bound for its retries. A :class:`TransientError` it raises only costs a pause.
         kind: what the job's duration is believed and learned by.
         started_at: ``time.time()`` of the job's creation; ``None`` when unknown (the first query is then
@@ -170,8 +170,11 @@ async def wait_for_end(
                     hinted_at, hinted, interval = elapsed(), True, 0.0
                 elif interval > 0:  # the belief changed: re-plan with what was learned
                     interval = plan()
-        urgent = hinted or first
-        priority = 1.0 if urgent else durations.estimate(kind).chance_done(pending_at, elapsed())
+
+        def priority(urgent: bool = hinted or first, since: float = pending_at) -> float:
+            # Evaluated when the query cap has a token: the longer a query waits, the likelier it finds the job done.
+            return 1.0 if urgent else durations.estimate(kind).chance_done(since, elapsed())
+
         try:
             job: J | None = await query(priority, deadline)
             watcher.last_error = None
