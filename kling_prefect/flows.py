@@ -1,4 +1,5 @@
-"""Ready flows: one clip, a chain of continuations joined into one video, and a batch of prompts.
+"""Ready flows: one clip, a chain of continuations joined into one video, a storyboard (a video through designed
+keyframes), and a batch of prompts.
 
 Each flow is a thin composition of :func:`~kling_prefect.tasks.generate_video`, the one path that makes a clip
 (and keeps every money-safety rule): it validates all its parameters and requests and checks ``max_cost_usd``
@@ -465,6 +466,7 @@ async def storyboard(
     duration: int = 5,
     mode: str = "pro",
     cast: CastInput | None = None,
+    max_concurrency: int = 4,
     run_key: str | None = None,
     max_cost_usd: float | None = None,
     output_dir: str | None = None,
@@ -476,13 +478,18 @@ async def storyboard(
     jobs_limit: str | None = None,
     create_rate_limit: str | None = None,
     resubmit_uncertain: bool = False,
-) -> RunResult:
+) -> State[RunResult] | RunResult:
     """A video through designed keyframes: clip k goes from keyframe k to keyframe k+1, then all are joined.
 
     Each clip is a ``kling-o1/image-to-video`` job with ``action: "frame"`` and ``images`` = [keyframe k,
-    keyframe k+1]; the clips do not depend on each other, so they are made at the same time (within
-    ``jobs_limit``). Then ``final.mp4`` joins them, and the summary shows each keyframe beside the final video
-    at its point, with their difference.
+    keyframe k+1]; the clips do not depend on each other, so up to ``max_concurrency`` are made at the same
+    time (and within ``jobs_limit``). Then ``final.mp4`` joins them, and the summary shows each keyframe beside
+    the final video at its point, with their difference.
+
+    A clip that fails does not lose the others: they are stored, and the run ends **Failed** with a message
+    such as ``1 of 2 clips stored; clip-02 failed at the vendor: content moderation`` (awaiting the flow then
+    raises :class:`~kling_prefect.runs.RunIncomplete`, whose ``result`` has every record). A re-run with the
+    same ``run_key`` resumes the stored clips and makes only the missing ones.
 
     Every keyframe and cast image is read (a URL fetched) and decoded before any job is created: a missing
     file, something that is not a PNG, JPEG or WebP, or keyframes of different aspect ratios are refused
@@ -497,6 +504,7 @@ async def storyboard(
         cast: subjects that stay the same, up to 5 (2 keyframes + elements <= 7), each added to every clip as an
             ``element``: ``{"frontal_image": "hero.png", "reference_images": ["hero-side.png"]}`` or just the
             frontal image. A prompt names the first as ``[@element1]``.
+        max_concurrency: clips in the making at once, at most.
         resubmit_uncertain: submit clips even if an earlier attempt's create may have been accepted.
 
     Examples:
@@ -517,6 +525,7 @@ async def storyboard(
         timeout_seconds=timeout_seconds,
         output_dir=output_dir,
     )
+    check_number("max_concurrency", max_concurrency, minimum=1, maximum=MAX_CONCURRENCY)
     plan = await anyio.to_thread.run_sync(
         functools.partial(plan_storyboard, keyframes, prompts, duration=duration, mode=mode, cast=cast)
     )
@@ -535,24 +544,18 @@ async def storyboard(
         resubmit_uncertain=resubmit_uncertain,
     )
     references = await publish_images(list(plan.images), run.storage, run.run_key, "keyframes")
-    requests = plan.bind(references)
-    steps = [f"clip-{index:02d}" for index in range(1, len(requests) + 1)]
-    outcomes = await asyncio.gather(
-        *(generate_video(r, run_key=run.run_key, step=s, **run.options) for r, s in zip(requests, steps, strict=True)),
-        return_exceptions=True,
-    )
-    result = RunResult(run_key=run.run_key, records=[])
-    failures: list[BaseException] = []
-    for step, request, outcome in zip(steps, requests, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            failures.append(outcome)
-            result.records.append(record_for(step, request, error=outcome))
-        else:
-            result.clips.append(outcome)
-            result.records.append(record_for(step, request, outcome))
-    if failures:  # the stored clips stay: a re-run with the same run key resumes them and makes only the rest
+    items = [
+        BatchItem(step=f"clip-{index:02d}", request=request, source=f"prompts[{index}]")
+        for index, request in enumerate(plan.bind(references), start=1)
+    ]
+    order = {item.step: index for index, item in enumerate(items)}
+    outcomes = [outcome async for outcome in _bounded(items, min(int(max_concurrency), len(items)), run)]
+    outcomes.sort(key=lambda outcome: order[outcome[0].step])
+    result = RunResult(run_key=run.run_key, records=[record for record, _ in outcomes])
+    result.clips = [clip for _, clip in outcomes if clip is not None]
+    if result.failed:  # the stored clips stay: a re-run with the same run key resumes them and makes only the rest
         await _finish("storyboard", "Kling storyboard", result, run)
-        raise failures[0]
+        return Failed(message=result.describe(), data=RunIncomplete(result))
     result.final = await join_and_store(result.clips, run.storage, run.run_key)
     extra: list[str] = []
     if result.final.local_path:

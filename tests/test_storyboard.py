@@ -15,8 +15,8 @@ import av
 import numpy as np
 import pytest
 
-from kling_prefect import InvalidInput, JobFailed, media
-from kling_prefect.flows import continuation, storyboard
+from kling_prefect import InvalidInput, RunIncomplete, media
+from kling_prefect.flows import RunResult, continuation, storyboard
 from kling_prefect.planning import check_budget, plan_chain, plan_storyboard
 
 from .helpers import LoopbackServer, answer, artifacts_of, mean_abs_diff
@@ -154,11 +154,22 @@ async def test_a_failed_clip_fails_the_run_and_a_rerun_makes_only_that_clip(emul
     prompts = ["1: the disc drifts", "2: the bands turn"]
     emulator.inject("job_failure", times=1, message="generation failed: content moderation")
     state = await storyboard(
-        keyframes, prompts, duration=3, run_key="board-fail", output_dir=str(tmp_path), return_state=True, **FAST
+        keyframes,
+        prompts,
+        duration=3,
+        max_concurrency=1,
+        run_key="board-fail",
+        output_dir=str(tmp_path),
+        return_state=True,
+        **FAST,
     )
     assert state.is_failed()
-    with pytest.raises(JobFailed, match="content moderation"):
+    assert emulator.stats().creates == 2 and emulator.stats().max_in_flight == 1
+    assert state.message.startswith("1 of 2 clips stored; clip-0")
+    assert state.message.endswith("failed at the vendor: generation failed: content moderation")
+    with pytest.raises(RunIncomplete) as caught:
         await state.aresult()
+    assert [r.status for r in caught.value.result.records].count("stored") == 1
     assert len(list(tmp_path.glob("clip-0*.mp4"))) == 1  # the other clip was made, stored and kept
     assert not (tmp_path / "final.mp4").exists()
     summary = (await artifacts_of(state))["kling-storyboard-summary"].data
@@ -167,6 +178,7 @@ async def test_a_failed_clip_fails_the_run_and_a_rerun_makes_only_that_clip(emul
     before = emulator.stats().creates
     result = await storyboard(keyframes, prompts, duration=3, run_key="board-fail", output_dir=str(tmp_path), **FAST)
     assert emulator.stats().creates == before + 1  # only the failed clip is made again
+    assert isinstance(result, RunResult)
     assert result.totals.resumed == 1 and result.totals.created == 1
     assert media.probe(tmp_path / "final.mp4").frame_count == 2 * 3 * 24
 
@@ -289,6 +301,7 @@ def bad_inputs(folder: Path, keyframes: list[str]) -> list[tuple[str, dict[str, 
             r"^prompts\[1\]: names \[@element1\], but the cast has 0",
         ),
         ("s3 url", {"keyframes": [keyframes[0], "s3://bucket/a.png"]}, r"^keyframes\[2\]: .*presigned URL"),
+        ("max_concurrency", {"max_concurrency": 0}, r"^max_concurrency: must be at least 1"),
     ]
 
 
