@@ -2,6 +2,15 @@
 
 The flows and the CLI call the same functions, so a bad argument fails the same way, with one line naming the
 parameter (or flag), the value and the rule, before Prefect starts or any job is created.
+
+Examples:
+    ```python
+    from kling_prefect.planning import check_budget, plan_storyboard
+
+    plan = plan_storyboard(["dawn.png", "noon.png", "dusk.png"], ["The sun climbs", "The sun sets"], duration=5)
+    check_budget(plan.requests, 2.0)  # Decimal('1.0'): 2 clips x 5 s x $0.10 (pro)
+    plan_storyboard(["dawn.png"], [])  # InvalidInput: keyframes: give at least 2 (each clip goes from ...), got 1
+    ```
 """
 
 from __future__ import annotations
