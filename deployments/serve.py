@@ -3,9 +3,9 @@
     export PREFECT_API_URL=http://127.0.0.1:4200/api   # a running `prefect server start` (or Prefect Cloud)
     export SHORTAPI_KEY=...                            # or save a ShortAPICredentials block (see README)
     kling-prefect setup --jobs-limit 5                 # once: block types and the shared jobs-in-flight limit
-    python deployments/serve.py
+    python deployments/serve.py                        # from the repository root (the storyboard's keyframes)
 
-The process registers the three deployments with their schedules and runs every scheduled or triggered run
+The process registers the four deployments with their schedules and runs every scheduled or triggered run
 itself (each in a subprocess), until stopped with Ctrl-C. Names, schedules, parameters, tags and concurrency
 limits are the same as in prefect.yaml (a test keeps them in step). Several `serve` processes, workers and
 ad-hoc runs may run at once: the global limit `kling-jobs-in-flight` bounds their jobs in flight together.
@@ -22,14 +22,14 @@ from prefect.schedules import Cron, Interval
 from prefect.types.entrypoint import EntrypointType
 
 from kling_prefect.concurrency import DEFAULT_JOBS_LIMIT
-from kling_prefect.flows import batch, continuation, text_to_video
+from kling_prefect.flows import batch, continuation, storyboard, text_to_video
 
 #: Schedules run in this zone (the daily content run is at 07:00 / 07:30 Berlin time, all year round).
 CONTENT_TIMEZONE = "Europe/Berlin"
 
 
 def build_deployments() -> list[RunnerDeployment]:
-    """The three deployments, ready for ``serve(...)`` (building them contacts no server)."""
+    """The four deployments, ready for ``serve(...)`` (building them contacts no server)."""
     # Module entrypoints: the served process finds the flows wherever kling-prefect is installed.
     common = {"entrypoint_type": EntrypointType.MODULE_PATH, "version": "1"}
     daily_clip = text_to_video.to_deployment(
@@ -69,6 +69,30 @@ def build_deployments() -> list[RunnerDeployment]:
         },
         **common,
     )
+    weekly_storyboard = storyboard.to_deployment(
+        name="weekly-storyboard",
+        description="A video through three keyframes every Monday at 08:00 Europe/Berlin, joined into final.mp4.",
+        tags=["kling", "video", "storyboard"],
+        schedules=[Cron("0 8 * * 1", timezone=CONTENT_TIMEZONE)],
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        parameters={
+            # relative to the working directory: run serve.py from the repository root
+            "keyframes": [
+                "deployments/keyframes/01-dawn.png",
+                "deployments/keyframes/02-noon.png",
+                "deployments/keyframes/03-dusk.png",
+            ],
+            "prompts": [
+                "The sun climbs over the green hills, the sky brightens to a clear blue",
+                "The sun sinks behind the hills, the sky turns deep red and violet",
+            ],
+            "duration": 5,
+            "mode": "pro",
+            "max_cost_usd": 2.0,
+            "jobs_limit": DEFAULT_JOBS_LIMIT,
+        },
+        **common,
+    )
     batch_every_6h = batch.to_deployment(
         name="batch-every-6h",
         description=(
@@ -96,7 +120,7 @@ def build_deployments() -> list[RunnerDeployment]:
         },
         **common,
     )
-    return [daily_clip, daily_story, batch_every_6h]
+    return [daily_clip, daily_story, weekly_storyboard, batch_every_6h]
 
 
 if __name__ == "__main__":

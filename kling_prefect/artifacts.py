@@ -4,7 +4,8 @@ At most three flow-level artifacts per run (plus the progress artifact of each j
 
 - ``kling-<flow>-summary`` (markdown): the figures, then one row per clip in at most 7 columns that fit a
   1280 px window (step, prompt shortened, model, status with the failure reason, seconds, cost, picture), and
-  pictures: a filmstrip per clip and, for chains, a seam strip per join. Pictures are small JPEGs inline
+  pictures: a filmstrip per clip and, for chains, a seam strip per join (for storyboards, each keyframe beside
+  the final video at its point, with their difference). Pictures are small JPEGs inline
   (``data:image/jpeg;base64``): the UI cannot load ``file://`` images. Local paths are shown as text.
 - ``kling-<flow>-clips`` (table): full job ids, model ids, paths or URIs, estimated and vendor amounts, errors.
 - ``kling-<flow>-final`` (link): the joined video, only when it has a link a browser opens (S3, presigned).
@@ -28,7 +29,14 @@ from kling_prefect.pricing import format_usd
 from kling_prefect.runs import ClipRecord, RunResult
 from kling_prefect.storage import artifact_key
 
-__all__ = ["MAX_PICTURES", "SeamPicture", "artifact_base", "publish_run_artifacts"]
+__all__ = [
+    "MAX_PICTURES",
+    "KeyframePicture",
+    "SeamPicture",
+    "artifact_base",
+    "keyframe_markdown",
+    "publish_run_artifacts",
+]
 
 #: Pictures embedded in one summary at most (a batch of a thousand clips shows its first ones).
 MAX_PICTURES = 24
@@ -43,6 +51,55 @@ class SeamPicture:
     left: str
     right: str
     data_uri: str
+
+
+@dataclass(frozen=True)
+class KeyframePicture:
+    """A storyboard keyframe beside the frame of the final video at its point, and how far apart they are.
+
+    Attributes:
+        index: the keyframe's number, from 1.
+        source: the keyframe as given (a file, or a URL without its query).
+        seconds: where in the final video it belongs (its first frame, a join, its last frame).
+        difference: mean absolute difference of the two pictures on 0-255 RGB (0: the same picture).
+        data_uri: the two side by side, a small inline JPEG.
+    """
+
+    index: int
+    source: str
+    seconds: float
+    difference: float
+    data_uri: str
+
+
+def keyframe_markdown(pictures: Sequence[KeyframePicture], neighbours: Sequence[float] = ()) -> list[str]:
+    """The summary section of a storyboard: each keyframe beside the final video at its point, with their
+    difference, and (``neighbours``: the differences between consecutive keyframes) the scale to read it on."""
+    if not pictures:
+        return []
+    scale = ""
+    if neighbours:
+        low, high = min(neighbours), max(neighbours)
+        spread = f"{low:.1f}" if round(low, 1) == round(high, 1) else f"{low:.1f} to {high:.1f}"
+        scale = f"; consecutive keyframes differ by {spread}"
+    lines = [
+        "",
+        "## Keyframes (keyframe | final video there)",
+        "",
+        f"Difference: mean absolute difference on 0-255 RGB, 0 for the same picture{scale}.",
+        "",
+    ]
+    last = max(p.index for p in pictures)
+    for picture in pictures[:MAX_PICTURES]:
+        where = "first frame" if picture.index == 1 else "last frame" if picture.index == last else "join"
+        lines += [
+            f"**keyframe {picture.index}** `{_cell(picture.source, 60)}` at {picture.seconds:.2f} s ({where}): "
+            f"difference **{picture.difference:.1f}**",
+            "",
+            f"![keyframe {picture.index} and the final video]({picture.data_uri})",
+            "",
+        ]
+    return lines
 
 
 def artifact_base(flow: str) -> str:

@@ -1,4 +1,5 @@
-"""Ready flows: one clip, a chain of continuations joined into one video, and a batch of prompts.
+"""Ready flows: one clip, a chain of continuations joined into one video, a storyboard (a video through designed
+keyframes), and a batch of prompts.
 
 Each flow is a thin composition of :func:`~kling_prefect.tasks.generate_video`, the one path that makes a clip
 (and keeps every money-safety rule): it validates all its parameters and requests and checks ``max_cost_usd``
@@ -31,9 +32,11 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
-from collections.abc import AsyncIterator, Iterable
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +49,14 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from kling_prefect import media
-from kling_prefect.artifacts import MAX_PICTURES, SeamPicture, publish_run_artifacts
+from kling_prefect.artifacts import (
+    MAX_PICTURES,
+    KeyframePicture,
+    SeamPicture,
+    keyframe_markdown,
+    publish_run_artifacts,
+)
+from kling_prefect.atomic import atomic_path
 from kling_prefect.batchfile import BatchItem, load_batch_items
 from kling_prefect.exceptions import InvalidInput, ShortAPIError
 from kling_prefect.models import KlingO1ImageToVideo, KlingRequest
@@ -54,22 +64,30 @@ from kling_prefect.planning import (
     DEFAULT_MODEL,
     MAX_CONCURRENCY,
     RUN_KEY_MAX,
+    Cast,
+    CastInput,
+    PlannedImage,
     build_request,
     check_budget,
+    check_inline_images,
     check_number,
     check_run_key,
     check_run_options,
     model_class_for,
+    plan_cast,
     plan_chain,
+    plan_storyboard,
 )
 from kling_prefect.records import StoredVideo
 from kling_prefect.runs import ClipRecord, RunIncomplete, RunResult, record_for
 from kling_prefect.storage import StorageSpec, StoredObject, claim_key, safe_name
 from kling_prefect.tasks import ClipOptions, generate_video, load_credentials
 
-__all__ = ["RunIncomplete", "RunResult", "batch", "continuation", "text_to_video"]
+__all__ = ["RunIncomplete", "RunResult", "batch", "continuation", "storyboard", "text_to_video"]
 
 NAME_PROMPT = 40
+#: Height of a keyframe picture in a storyboard's summary (keyframe and frame side by side, a few KB of JPEG).
+KEYFRAME_PICTURE_HEIGHT = 120
 
 
 def _run_name() -> str:
@@ -143,24 +161,56 @@ async def prepare_run(
 # --------------------------------------------------------------------------------------------- building blocks
 
 
-@task(name="publish-last-frame", task_run_name="last-frame-{clip.submitted.step}", cache_policy=NO_CACHE, retries=2)
-async def publish_last_frame(clip: StoredVideo, storage: StorageSpec) -> str:
-    """Extract the clip's last frame as PNG and return a URL the vendor can fetch.
-
-    With S3: a presigned GET URL. Without: an inline ``data:`` URI (logged as a warning: some gateways limit
-    request sizes; configure ``s3_bucket_block`` for production).
-    """
-    frame = clip.local_path.with_suffix(".last.png")
-    await anyio.to_thread.run_sync(media.extract_last_frame, clip.local_path, frame)
-    store = await storage.open(clip.submitted.run_key)
-    url = await store.public_url(frame, f"frames/{frame.name}")
+async def hand_to_vendor(storage: StorageSpec, run_key: str, local_file: Path, key: str, what: str) -> str:
+    """A URL the vendor can fetch ``local_file`` from: with S3 a presigned GET of it stored under ``key``;
+    without, an inline ``data:`` URI (logged as a warning: some gateways limit request sizes; configure
+    ``s3_bucket_block`` for production). Every image a flow hands to the vendor goes this way."""
+    store = await storage.open(run_key)
+    url = await store.public_url(local_file, key)
     if url.startswith("data:"):
         get_run_logger().warning(
-            "no S3 storage configured: passing the last frame of %s inline as a data URI (%d KB)",
-            clip.submitted.step,
-            len(url) // 1024,
+            "no S3 storage configured: passing %s inline as a data URI (%d KB)", what, len(url) // 1024
         )
     return url
+
+
+@task(name="publish-last-frame", task_run_name="last-frame-{clip.submitted.step}", cache_policy=NO_CACHE, retries=2)
+async def publish_last_frame(clip: StoredVideo, storage: StorageSpec) -> str:
+    """Extract the clip's last frame as PNG and return a URL the vendor can fetch (see :func:`hand_to_vendor`)."""
+    frame = clip.local_path.with_suffix(".last.png")
+    await anyio.to_thread.run_sync(media.extract_last_frame, clip.local_path, frame)
+    return await hand_to_vendor(
+        storage, clip.submitted.run_key, frame, f"frames/{frame.name}", f"the last frame of {clip.submitted.step}"
+    )
+
+
+def input_copy(storage: StorageSpec, run_key: str, image: PlannedImage) -> Path:
+    """Where a run keeps its copy of an input image: ``<run folder>/inputs/<name>-<digest>.<ext>``."""
+    return storage.work_directory(run_key) / "inputs" / image.file_name
+
+
+@task(name="publish-images", task_run_name="publish-{what}", cache_policy=NO_CACHE, retries=2)
+async def publish_images(
+    images: list[PlannedImage], storage: StorageSpec, run_key: str, what: str = "inputs"
+) -> dict[str, str]:
+    """Keep a copy of each input image with the run's outputs and say how the vendor gets it, by parameter.
+
+    A URL given by the user is passed on as it is; a local file goes the way of every frame a flow hands over
+    (:func:`hand_to_vendor`: presigned S3 URL, or inline). Copies are named by content, so a re-run hands
+    over the same references (nothing is paid again) and a changed image is a new request.
+    """
+    references: dict[str, str] = {}
+    for image in images:
+        copy = input_copy(storage, run_key, image)
+        if not copy.is_file() or copy.read_bytes() != image.data:
+            with atomic_path(copy) as temporary:
+                temporary.write_bytes(image.data)
+        if image.is_url:
+            references[image.field] = image.source
+        else:
+            key = f"inputs/{copy.name}"
+            references[image.field] = await hand_to_vendor(storage, run_key, copy, key, f"{image.field} {image.shown}")
+    return references
 
 
 @task(name="join-clips", task_run_name="join-{name}", cache_policy=NO_CACHE)
@@ -204,13 +254,51 @@ async def seam_pictures(clips: list[StoredVideo]) -> list[SeamPicture]:
     return seams
 
 
+def keyframe_pictures(
+    final: Path, keyframes: Sequence[tuple[str, Path]], starts: Sequence[float]
+) -> tuple[list[KeyframePicture], list[float]]:
+    """Each keyframe (its name as given, its local copy) beside the frame of ``final`` at its point, with their
+    mean absolute difference; and the differences between consecutive keyframes, the scale to read them on.
+
+    ``starts`` are the times the clips begin in ``final``: keyframe k belongs at the start of clip k (the
+    frame there is the first of clip k; the one before, the last of clip k-1, shows the same keyframe); the
+    last keyframe is the true last frame.
+    """
+    pictures: list[KeyframePicture] = []
+    neighbours: list[float] = []
+    previous = None
+    duration = media.probe(final).duration_seconds
+    for index, ((name, path), seconds) in enumerate(zip(keyframes, [*starts, math.inf], strict=True), start=1):
+        keyframe = media.load_image(path).rgb
+        frame = media.frame_at(final, seconds)
+        if previous is not None:
+            neighbours.append(media.mean_abs_diff(keyframe, previous))
+        previous = keyframe
+        strip = media.side_by_side([keyframe, frame], height=KEYFRAME_PICTURE_HEIGHT)
+        pictures.append(
+            KeyframePicture(
+                index=index,
+                source=name,
+                seconds=min(seconds, duration),
+                difference=media.mean_abs_diff(frame, keyframe),
+                data_uri=media.jpeg_data_uri(strip),
+            )
+        )
+    return pictures, neighbours
+
+
 async def _finish(
-    flow_name: str, title: str, result: RunResult, run: Run, seams: list[SeamPicture] | None = None
+    flow_name: str,
+    title: str,
+    result: RunResult,
+    run: Run,
+    seams: list[SeamPicture] | None = None,
+    extra: Sequence[str] = (),
 ) -> None:
     """Publish the run's artifacts. A Prefect API that fails now only costs the report: the clips are stored."""
     try:
         result.summary_artifact = await publish_run_artifacts(
-            flow=flow_name, title=title, result=result, storage=run.describe_storage(), seams=seams or ()
+            flow=flow_name, title=title, result=result, storage=run.describe_storage(), seams=seams or (), extra=extra
         )
     except Exception as exc:
         get_run_logger().warning("the run's artifacts were not published (%s: %s)", type(exc).__name__, exc)
@@ -293,6 +381,7 @@ async def continuation(
     continuation_duration: int = 5,
     continuation_mode: str = "pro",
     options: dict[str, Any] | None = None,
+    cast: CastInput | None = None,
     run_key: str | None = None,
     max_cost_usd: float | None = None,
     output_dir: str | None = None,
@@ -311,6 +400,9 @@ async def continuation(
     Args:
         prompts: the first prompt (text-to-video with ``model``), then one per continuation.
         continuation_duration: seconds of each continuation: 5 or 10 (the vendor's rule for a single frame).
+        cast: subjects that stay the same (see :func:`storyboard`): up to 6, added to every continuation as
+            ``elements``, so its prompt can name ``[@element1]``. The first clip is text-to-video, which takes
+            no elements: it is made without the cast (describe the subject in words there).
         resubmit_uncertain: submit steps even if an earlier attempt's create may have been accepted.
     """
     check_run_options(
@@ -320,6 +412,7 @@ async def continuation(
         timeout_seconds=timeout_seconds,
         output_dir=output_dir,
     )
+    checked_cast: Cast = await anyio.to_thread.run_sync(plan_cast, cast)  # images read (URLs fetched) once
     first, *continuations = plan_chain(
         model,
         prompts,
@@ -329,7 +422,9 @@ async def continuation(
         continuation_duration=continuation_duration,
         continuation_mode=continuation_mode,
         options=options,
+        cast=checked_cast,
     )
+    check_inline_images(checked_cast.images, s3_bucket_block)
     check_budget([first, *continuations], max_cost_usd)
     run = await prepare_run(
         run_key=run_key,
@@ -344,15 +439,22 @@ async def continuation(
         resubmit_uncertain=resubmit_uncertain,
     )
     result = RunResult(run_key=run.run_key, records=[])
+    elements: dict[str, Any] = {}
+    if checked_cast.members:
+        references = await publish_images(list(checked_cast.images), run.storage, run.run_key, "cast")
+        elements["elements"] = checked_cast.elements(references)
+        get_run_logger().info("the cast (%d) joins from clip-02 on: clip-01 is text-to-video", len(checked_cast))
     request: KlingRequest = first
     step = "clip-01"
     try:
         result.clips.append(await generate_video(first, run_key=run.run_key, step=step, **run.options))
         result.records.append(record_for(step, first, result.clips[-1]))
-        for index, planned in enumerate(continuations, start=2):
+        for index, continuation_request in enumerate(continuations, start=2):
             step = f"clip-{index:02d}"
             frame_url = await publish_last_frame(result.clips[-1], run.storage)
-            request = KlingO1ImageToVideo.model_validate({**planned.to_args(), "images": [frame_url]})
+            request = KlingO1ImageToVideo.model_validate(
+                {**continuation_request.to_args(), "images": [frame_url], **elements}
+            )
             result.clips.append(await generate_video(request, run_key=run.run_key, step=step, **run.options))
             result.records.append(record_for(step, request, result.clips[-1]))
         if len(result.clips) > 1:
@@ -364,6 +466,123 @@ async def continuation(
         await _finish("continuation", "Kling continuation", result, run, await seam_pictures(result.clips))
         raise
     await _finish("continuation", "Kling continuation", result, run, await seam_pictures(result.clips))
+    return result
+
+
+@flow(name="kling-storyboard", flow_run_name=_run_name, log_prints=True)
+async def storyboard(
+    keyframes: list[str],
+    prompts: list[str],
+    duration: int = 5,
+    mode: str = "pro",
+    cast: CastInput | None = None,
+    max_concurrency: int = 4,
+    run_key: str | None = None,
+    max_cost_usd: float | None = None,
+    output_dir: str | None = None,
+    s3_bucket_block: str | None = None,
+    s3_prefix: str = "kling",
+    credentials_block: str | None = None,
+    poll_interval: float = 2.0,
+    timeout_seconds: float = 3600.0,
+    jobs_limit: str | None = None,
+    create_rate_limit: str | None = None,
+    resubmit_uncertain: bool = False,
+) -> State[RunResult] | RunResult:
+    """A video through designed keyframes: clip k goes from keyframe k to keyframe k+1, then all are joined.
+
+    Each clip is a ``kling-o1/image-to-video`` job with ``action: "frame"`` and ``images`` = [keyframe k,
+    keyframe k+1]; the clips do not depend on each other, so up to ``max_concurrency`` are made at the same
+    time (and within ``jobs_limit``). Then ``final.mp4`` joins them, and the summary shows each keyframe beside
+    the final video at its point, with their difference.
+
+    A clip that fails does not lose the others: they are stored, and the run ends **Failed** with a message
+    such as ``1 of 2 clips stored; clip-02 failed at the vendor: content moderation`` (awaiting the flow then
+    raises :class:`~kling_prefect.runs.RunIncomplete`, whose ``result`` has every record). A re-run with the
+    same ``run_key`` resumes the stored clips and makes only the missing ones.
+
+    Every keyframe and cast image is read (a URL fetched) and decoded before any job is created: a missing
+    file, something that is not a PNG, JPEG or WebP, or keyframes of different aspect ratios are refused
+    with one line naming the parameter. A run keeps a copy of its images under ``inputs/`` and hands local
+    ones to the vendor as presigned S3 URLs (or inline, with a warning, without S3); URLs are passed as given.
+
+    Args:
+        keyframes: N >= 2 local image files or http(s) URLs, one aspect ratio; the video takes their shape.
+        prompts: N - 1 prompts: prompt k describes the motion from keyframe k to keyframe k+1.
+        duration: seconds of each clip, 3 to 10.
+        mode: ``std`` or ``pro``.
+        cast: subjects that stay the same, up to 5 (2 keyframes + elements <= 7), each added to every clip as an
+            ``element``: ``{"frontal_image": "hero.png", "reference_images": ["hero-side.png"]}`` or just the
+            frontal image. A prompt names the first as ``[@element1]``.
+        max_concurrency: clips in the making at once, at most.
+        resubmit_uncertain: submit clips even if an earlier attempt's create may have been accepted.
+
+    Examples:
+        ```python
+        import asyncio
+        from kling_prefect.flows import storyboard
+
+        result = asyncio.run(
+            storyboard(["dawn.png", "noon.png", "dusk.png"], ["The sun climbs", "The sun sets"], max_cost_usd=2)
+        )
+        result.final.uri  # 'file:///.../kling-output/<run key>/final.mp4'
+        ```
+    """
+    check_run_options(
+        run_key=run_key,
+        max_cost_usd=max_cost_usd,
+        poll_interval=poll_interval,
+        timeout_seconds=timeout_seconds,
+        output_dir=output_dir,
+    )
+    check_number("max_concurrency", max_concurrency, minimum=1, maximum=MAX_CONCURRENCY)
+    plan = await anyio.to_thread.run_sync(
+        functools.partial(plan_storyboard, keyframes, prompts, duration=duration, mode=mode, cast=cast)
+    )
+    check_inline_images(plan.images, s3_bucket_block)
+    check_budget(plan.requests, max_cost_usd)
+    run = await prepare_run(
+        run_key=run_key,
+        output_dir=output_dir,
+        s3_bucket_block=s3_bucket_block,
+        s3_prefix=s3_prefix,
+        credentials_block=credentials_block,
+        timeout_seconds=timeout_seconds,
+        poll_interval=poll_interval,
+        jobs_limit=jobs_limit,
+        create_rate_limit=create_rate_limit,
+        resubmit_uncertain=resubmit_uncertain,
+    )
+    references = await publish_images(list(plan.images), run.storage, run.run_key, "keyframes")
+    items = [
+        BatchItem(step=f"clip-{index:02d}", request=request, source=f"prompts[{index}]")
+        for index, request in enumerate(plan.bind(references), start=1)
+    ]
+    order = {item.step: index for index, item in enumerate(items)}
+    outcomes = [outcome async for outcome in _bounded(items, min(int(max_concurrency), len(items)), run)]
+    outcomes.sort(key=lambda outcome: order[outcome[0].step])
+    result = RunResult(run_key=run.run_key, records=[record for record, _ in outcomes])
+    result.clips = [clip for _, clip in outcomes if clip is not None]
+    if result.failed:  # the stored clips stay: a re-run with the same run key resumes them and makes only the rest
+        await _finish("storyboard", "Kling storyboard", result, run)
+        return Failed(message=result.describe(), data=RunIncomplete(result))
+    result.final = await join_and_store(result.clips, run.storage, run.run_key)
+    extra: list[str] = []
+    if result.final.local_path:
+        starts = list(itertools.accumulate((c.duration_seconds for c in result.clips[:-1]), initial=0.0))
+        copies = [(k.label, input_copy(run.storage, run.run_key, k)) for k in plan.keyframes]
+        final = Path(result.final.local_path)
+        pictures, neighbours = await anyio.to_thread.run_sync(keyframe_pictures, final, copies, starts)
+        for picture in pictures:
+            get_run_logger().info(
+                "keyframe %d (%s) vs the final video at %.2f s: mean absolute difference %.1f",
+                picture.index,
+                picture.source,
+                picture.seconds,
+                picture.difference,
+            )
+        extra = keyframe_markdown(pictures, neighbours)
+    await _finish("storyboard", "Kling storyboard", result, run, extra=extra)
     return result
 
 

@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("kling_prefect.storage")
+mimetypes.add_type("image/webp", ".webp")  # WebP keyframes inline as image/webp: Python 3.10's table lacks it
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 PRESIGNED_URL_SECONDS = 3600  # frames handed to the vendor: it fetches them within minutes
 LINK_URL_SECONDS = 7 * 24 * 3600  # links in run artifacts: SigV4's maximum, so a week-old summary still opens

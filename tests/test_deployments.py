@@ -43,6 +43,7 @@ from kling_prefect.concurrency import DEFAULT_JOBS_LIMIT, ConcurrencyLimitUnavai
 from kling_prefect.emulator import Emulator
 from kling_prefect.flows import RunResult, batch, build_request, check_budget, plan_chain, text_to_video
 from kling_prefect.models import REQUEST_MODELS, KlingO1ImageToVideo, KlingO3TextToVideo
+from kling_prefect.planning import PlannedImage, plan_storyboard
 from kling_prefect.storage import StorageSpec, StoredObject
 from kling_prefect.tasks import (
     FinishedJob,
@@ -72,6 +73,7 @@ EXAMPLE_ENTRYPOINTS = {
     "flows/text_to_video.py:text_to_video",
     "flows/continuation.py:continuation",
     "flows/batch.py:batch",
+    "flows/storyboard.py:storyboard",
 }
 
 
@@ -126,6 +128,15 @@ def plan_requests(flow_name: str, params: dict[str, Any]) -> list[Any]:
     if flow_name == "kling-batch":
         items = load_batch_items(prompts=params["prompts"], file=params["file"], default_model=params["model"])
         return [item.request for item in items]
+    if flow_name == "kling-storyboard":  # the keyframes must exist where the run starts: the repository root
+        plan = plan_storyboard(
+            params["keyframes"],
+            params["prompts"],
+            duration=params["duration"],
+            mode=params["mode"],
+            cast=params["cast"],
+        )
+        return list(plan.requests)
     raise AssertionError(f"no planner for flow {flow_name}")
 
 
@@ -251,10 +262,18 @@ def test_no_client_crosses_a_task_boundary() -> None:
     import httpx
 
     from kling_prefect.client import ShortAPIClient
-    from kling_prefect.flows import join_and_store, publish_last_frame
+    from kling_prefect.flows import join_and_store, publish_images, publish_last_frame
 
     live = (ShortAPIClient, httpx.AsyncClient, httpx.Client)
-    for task in (submit_kling_job, wait_for_kling_job, store_kling_video, publish_last_frame, join_and_store):
+    tasks = (
+        submit_kling_job,
+        wait_for_kling_job,
+        store_kling_video,
+        publish_last_frame,
+        publish_images,
+        join_and_store,
+    )
+    for task in tasks:
         hints = typing.get_type_hints(task.fn)
         for where, hint in hints.items():
             leaves = typing.get_args(hint) or (hint,)
@@ -309,6 +328,9 @@ def test_every_task_value_and_error_pickles() -> None:
         StorageSpec(directory="/tmp/out", s3_bucket_block="bucket", prefix="kling/run-1"),
         ClipRecord(step="clip-01", prompt="p", model="m", status="stored", estimated_cost=Decimal("0.4")),
         RunResult(run_key="run-1", records=[], final=video),
+        PlannedImage(
+            field="keyframes[1]", source="a.png", name="keyframe-01", data=b"x", format="png", width=4, height=2
+        ),
         *(sample_request(model) for model in REQUEST_MODELS),
     ]
     assert len(REQUEST_MODELS) >= 5
@@ -367,6 +389,7 @@ def flow_name_of(entrypoint: str) -> str:
         "text_to_video": "kling-text-to-video",
         "continuation": "kling-continuation",
         "batch": "kling-batch",
+        "storyboard": "kling-storyboard",
     }[entrypoint.rsplit(":", 1)[1]]
 
 

@@ -283,6 +283,41 @@ def test_image_fetch_failure_fails_the_job_naming_the_image(
         assert text in data["error"]
 
 
+@pytest.mark.parametrize(
+    ("element", "expected"),
+    [
+        ({"frontal_image_url": "{base}/hero.png"}, ["elements[0].frontal_image_url", "/hero.png", "HTTP 404"]),
+        (
+            {"frontal_image_url": "{png}", "reference_image_urls": ["{png}", "data:image/png;base64,aGVsbG8="]},
+            ["elements[0].reference_image_urls[1]", "not a PNG"],
+        ),
+    ],
+)
+def test_element_images_are_fetched_like_the_frames(
+    emu: Emulator, api: httpx.Client, element: dict[str, Any], expected: list[str]
+) -> None:
+    png = png_data_uri(gradient(64, 64, (10, 200, 10)))
+
+    def filled(value: Any) -> Any:
+        return [filled(v) for v in value] if isinstance(value, list) else value.format(base=emu.base_url, png=png)
+
+    args = {
+        "prompt": "[@element1] waves",
+        "action": "frame",
+        "images": [png, png],
+        "elements": [{key: filled(value) for key, value in element.items()}],
+    }
+    data, _ = wait_terminal(api, create(api, args, I2V))
+
+    assert data["status"] == 3
+    for text in expected:
+        assert text in data["error"]
+    # with readable element images the same clip succeeds, and renders from the frames alone
+    args["elements"] = [{"frontal_image_url": png, "reference_image_urls": [png]}]
+    data, _ = wait_terminal(api, create(api, args, I2V))
+    assert data["status"] == 2
+
+
 def test_job_time_table_scaled_and_jittered_deterministically(workdir: Path) -> None:
     assert base_job_seconds(T2V, mode="pro", video_seconds=5, has_audio=False) == 60 + 12 * 5
     assert base_job_seconds(O3, mode="std", video_seconds=10, has_audio=True) == pytest.approx((45 + 90) * 1.2)

@@ -346,11 +346,10 @@ class EmulatorApp:
         counters = self._counters
         counters.creates += 1
         counters.by_model[model] = counters.by_model.get(model, 0) + 1
-        images = list(getattr(validated, "images", None) or [])
-        if images:
+        refs = _image_refs(validated)
+        if refs:
             job.fetching = True
-            keep = getattr(validated, "action", None) == "frame"
-            self._spawn(self._fetch_images(job, images[:2] if keep else images, keep=keep))
+            self._spawn(self._fetch_images(job, refs))
         else:
             self._schedule_terminal(job)
         return job
@@ -369,18 +368,19 @@ class EmulatorApp:
         jitter = math.exp(self._rng.gauss(0.0, config.timing_jitter)) if config.timing_jitter > 0 else 1.0
         return base * jitter * config.time_scale
 
-    async def _fetch_images(self, job: Job, refs: list[str], *, keep: bool) -> None:
-        """Fetch a job's images; a failure fails the job, saying which image and why."""
+    async def _fetch_images(self, job: Job, refs: list[tuple[str, str, bool]]) -> None:
+        """Fetch a job's images (``(field, reference, keep)``: the frames are kept for rendering); a failure fails
+        the job, saying which image and why."""
         try:
-            for index, ref in enumerate(refs):
+            for where, ref, keep in refs:
                 try:
                     data = await fetch_image(self._http_client(), ref)
                     await asyncio.to_thread(_check_decodable, data)
                 except ImageFetchError as exc:
-                    job.fail_now(clock(), f"failed to load images[{index}] ({describe_ref(ref)}): {exc}")
+                    job.fail_now(clock(), f"failed to load {where} ({describe_ref(ref)}): {exc}")
                     return
                 if keep:
-                    path = self.config.workdir / "images" / f"{job.job_id}-{index}"
+                    path = self.config.workdir / "images" / f"{job.job_id}-{len(job.image_paths)}"
                     await asyncio.to_thread(path.write_bytes, data)
                     job.image_paths.append(path)
                     job.image_digests.append(hashlib.sha256(data).hexdigest())
@@ -581,6 +581,20 @@ def _render(out_path: Path, spec: dict[str, Any], image_paths: list[Path]) -> Pa
         last_image=images[1] if len(images) > 1 else None,
         audio=spec["audio"],
     )
+
+
+def _image_refs(validated: Any) -> list[tuple[str, str, bool]]:
+    """Every image a job fetches, as ``(field, reference, keep)``: its ``images`` (with ``frame`` only the first
+    two take effect, and are kept: the clip is rendered from them), then each element's frontal and reference
+    images (fetched and checked as the vendor would, not rendered)."""
+    images = list(getattr(validated, "images", None) or [])
+    frame = getattr(validated, "action", None) == "frame"
+    refs = [(f"images[{i}]", ref, frame) for i, ref in enumerate(images[:2] if frame else images)]
+    for e, element in enumerate(getattr(validated, "elements", None) or []):
+        refs.append((f"elements[{e}].frontal_image_url", element.frontal_image_url, False))
+        for r, ref in enumerate(element.reference_image_urls or []):
+            refs.append((f"elements[{e}].reference_image_urls[{r}]", ref, False))
+    return refs
 
 
 def _check_decodable(data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""Fetching the images of an image-to-video job, as the vendor does right after a job is created.
+"""Fetching the images of an image-to-video job (its ``images`` and its elements'), as the vendor does right
+after a job is created.
 
 http(s) URLs are downloaded with a 10 s overall timeout and a 20 MB cap; ``data:`` URIs are decoded. The
 bytes must look like an image (PNG, JPEG, WebP, GIF or BMP signature), as the vendor would refuse others.
