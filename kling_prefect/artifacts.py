@@ -244,21 +244,22 @@ def summary_markdown(
 
 
 def table_rows(result: RunResult) -> list[dict[str, str | float | bool]]:
-    """The table artifact: every detail of every clip (paths as paths, never ``file://``)."""
+    """The table artifact: every detail of every clip (paths as paths, never ``file://``). The columns a person
+    looks for first (what happened, why) come first: both UIs scroll a table artifact sideways."""
     return [
         {
             "step": r.step,
             "status": r.status,
-            "resumed": r.resumed,
-            "model": r.model,
+            "error": r.error or "",
             "job_id": r.job_id or "",
-            "billed_seconds": r.video_seconds if r.job_id else 0,
+            "model": r.model,
+            "resumed": r.resumed,
             "stored_seconds": round(r.duration_seconds, 3) if r.stored else 0,
+            "billed_seconds": r.video_seconds if r.job_id else 0,
             "estimated_cost": format_usd(r.estimated_cost, unknown=""),
             "vendor_amount": format_usd(r.amount, unknown=""),
             "output": shown_path(r.uri, r.local_path) if r.stored else "",
             "prompt": r.prompt,
-            "error": r.error or "",
         }
         for r in result.records
     ]
