@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import httpx
 import pytest
 
 from kling_prefect import BudgetExceeded, JobFailed, RunIncomplete, media
@@ -98,15 +99,17 @@ async def test_continuation_joins_clips_with_continuous_seams(emulator, tmp_path
 
 async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block, tmp_path) -> None:
     block, endpoint, bucket = s3_bucket_block
-    result = await continuation(
+    state = await continuation(
         ["A kite over dunes", "The kite dives to the sea"],
         duration=3,
         run_key="s3-run",
         output_dir=str(tmp_path),
         s3_bucket_block=block,
         s3_prefix="kling",
+        return_state=True,
         **FAST,
     )
+    result = await state.aresult()
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     expected = {
@@ -131,6 +134,24 @@ async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block,
     assert media.probe(tmp_path / "from-s3.mp4").frame_count == (3 + 5) * 24
     first_of_second = media.read_frame(tmp_path / "clip-02.mp4", "first")
     assert mean_abs_diff(media.read_frame(tmp_path / "clip-01.mp4", "last"), first_of_second) < 4
+
+    # In S3 the outputs have links a browser opens: the summary links every clip and the final video, and a link
+    # artifact points at the final video. The links work (a plain GET, as a browser sends it).
+    artifacts = await artifacts_of(state)
+    assert {k for k, a in artifacts.items() if a.type != "progress"} == {
+        "kling-continuation-summary",
+        "kling-continuation-clips",
+        "kling-continuation-final",
+    }
+    summary = artifacts["kling-continuation-summary"].data
+    assert f"- final video: [final.mp4]({result.final.url})" in summary
+    for clip in result.clips:
+        assert f"[{clip.step}.mp4]({clip.video.url})" in summary
+    assert artifacts["kling-continuation-final"].data == f"[final video of s3-run]({result.final.url})"
+    assert "file:" not in summary + artifacts["kling-continuation-clips"].data
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(result.final.url)
+    assert response.status_code == 200 and response.content == (tmp_path / "from-s3.mp4").read_bytes()
 
 
 async def test_flow_retry_after_a_later_failure_pays_only_for_the_failed_step(emulator, tmp_path) -> None:
