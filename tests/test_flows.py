@@ -171,11 +171,20 @@ async def test_flow_retry_after_a_later_failure_pays_only_for_the_failed_step(em
 
     # A new flow run with the same run key: everything is already made, nothing is created.
     before = emulator.stats().creates
-    again = await continuation(prompts, duration=3, run_key="retry", output_dir=str(tmp_path), **FAST)
+    rerun = await continuation(
+        prompts, duration=3, run_key="retry", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    again = await rerun.aresult()
     assert emulator.stats().creates == before
     assert again.records[0].job_id == next(
         j for j, rec in emulator.stats().jobs.items() if rec.args.get("prompt") == "Step one: a seed"
     )
+    # Its summary says so: nothing created or paid in this run; what the resumed jobs cost was paid earlier.
+    summary = (await artifacts_of(rerun))["kling-continuation-summary"].data
+    assert "- jobs: 0 created in this run, 3 resumed from earlier runs\n" in summary
+    assert "- paid in this run: vendor-reported $0.00, estimated $0.00 for 0 new jobs\n" in summary
+    assert "- paid earlier: vendor-reported $1.285 for 3 resumed jobs (not paid again)\n" in summary
+    assert "- video stored: 13 s in 3 clips\n" in summary
 
 
 async def test_failed_job_fails_the_flow_with_vendor_message_and_job_id(emulator, tmp_path) -> None:
