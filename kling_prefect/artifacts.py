@@ -20,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
 from prefect.runtime import deployment, flow_run
 
+from kling_prefect.models import facts_for
 from kling_prefect.pricing import format_usd
-from kling_prefect.runs import ClipRecord, RunResult
+from kling_prefect.records import SubmittedJob
+from kling_prefect.runs import ClipRecord, RunResult, failure_reason
 from kling_prefect.storage import StoredObject, artifact_key
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "SeamPicture",
     "artifact_base",
     "escape",
+    "progress_description",
     "progress_key",
     "publish_run_artifacts",
     "shown_path",
@@ -85,6 +89,27 @@ def progress_key(step: str) -> str:
     return artifact_key("kling", name.removeprefix("kling-"), "progress", step)
 
 
+def progress_description(
+    job: SubmittedJob, state: Literal["running", "succeeded", "failed"], failure: BaseException | None = None
+) -> str:
+    """The description of a job's progress artifact: what the job is, and how it ended.
+
+    Examples:
+        ```python
+        progress_description(job, "failed", error)  # 'item-0001 FAILED at the vendor: content moderation (job 9f…)'
+        ```
+    """
+    facts = facts_for(job.model)
+    model = facts.short_name if facts else job.model
+    if state == "failed":
+        why = failure_reason(failure) if failure is not None else "failed"  # "failed at the vendor: <reason>", ...
+        why = " " + why.removeprefix("failed ") if why.startswith("failed ") else f": {why}"
+        return f"{job.step} FAILED{why[:300]} (job {job.job_id})"
+    if state == "succeeded":
+        return f"{job.step} succeeded: {model} job {job.job_id} of run {job.run_key}"
+    return f"{job.step}: {model} job {job.job_id} of run {job.run_key}"
+
+
 def escape(text: str) -> str:
     """``text`` shown as itself in markdown: no emphasis, link, image, table cell break or HTML from a prompt."""
     for char in _MARKDOWN_PUNCTUATION:
@@ -119,7 +144,7 @@ def wrap(text: str | None, width: int, lines: int) -> list[str]:
     return out
 
 
-def _cell(text: str | None, size: tuple[int, int]) -> str:
+def _cell_lines(text: str | None, size: tuple[int, int]) -> str:
     return "<br>".join(escape(line) for line in wrap(text, *size))
 
 
@@ -129,7 +154,7 @@ def _status(record: ClipRecord) -> str:
     reason = record.reason or record.error or ""
     # "failed at the vendor: ..." reads on from the status word: "**failed** at the vendor: ..."
     text = "failed " + reason.removeprefix("failed ") if reason.startswith("failed ") else f"failed: {reason}"
-    cell = _cell(text, STATUS_CELL)
+    cell = _cell_lines(text, STATUS_CELL)
     return "**failed**" + cell.removeprefix("failed")
 
 
@@ -218,8 +243,8 @@ def summary_markdown(
             picture = f"\u00a0![{escape(record.step)}]({record.thumbnail_data_uri})"
             pictures += 1
         lines.append(
-            f"| {_cell(record.step, STEP_CELL)} | {_cell(record.prompt, PROMPT_CELL)} "
-            f"| {_cell(record.short_model, MODEL_CELL)} | {_status(record)} | {_seconds(record)} "
+            f"| {_cell_lines(record.step, STEP_CELL)} | {_cell_lines(record.prompt, PROMPT_CELL)} "
+            f"| {_cell_lines(record.short_model, MODEL_CELL)} | {_status(record)} | {_seconds(record)} "
             f"| {_cost(record)} | {picture} |"
         )
     if shown < len(result.records) or pictures < sum(1 for r in result.records if r.thumbnail_data_uri):

@@ -18,11 +18,14 @@ from kling_prefect.artifacts import (
     STEP_CELL,
     SeamPicture,
     escape,
+    progress_description,
     progress_key,
     summary_markdown,
     table_rows,
     wrap,
 )
+from kling_prefect.exceptions import JobFailed, UnknownJobStatus
+from kling_prefect.records import SubmittedJob
 from kling_prefect.runs import ClipRecord, RunResult
 from kling_prefect.storage import StoredObject
 
@@ -185,3 +188,18 @@ def test_progress_keys_are_stable_per_flow_or_deployment(monkeypatch, flow_name,
         if value is not None:
             monkeypatch.setenv(variable, value)
     assert progress_key("item-0001") == key
+
+
+def test_a_progress_description_says_what_the_job_is_and_how_it_ended() -> None:
+    job = SubmittedJob(
+        "9f00", "kwaivgi/kling-2.6/text-to-video", "batch-1", "item-0001", {}, Decimal("0.35"), None, 5, 0
+    )
+    assert progress_description(job, "running") == "item-0001: kling-2.6 job 9f00 of run batch-1"
+    assert progress_description(job, "succeeded") == "item-0001 succeeded: kling-2.6 job 9f00 of run batch-1"
+    moderated = JobFailed("job failed at the vendor: content moderation", job_id="9f00")
+    assert (
+        progress_description(job, "failed", moderated)
+        == "item-0001 FAILED at the vendor: content moderation (job 9f00)"
+    )
+    odd = UnknownJobStatus("status 9 is not documented", status=9, job_id="9f00")
+    assert progress_description(job, "failed", odd) == "item-0001 FAILED: undocumented status 9 (job 9f00)"

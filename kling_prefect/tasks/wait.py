@@ -11,12 +11,10 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from prefect.cache_policies import NO_CACHE
 
 from kling_prefect import events, progress
-from kling_prefect.artifacts import progress_key
+from kling_prefect.artifacts import progress_description, progress_key
 from kling_prefect.client import Job, PollPolicy
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
-from kling_prefect.models import facts_for
 from kling_prefect.records import FinishedJob, SubmittedJob
-from kling_prefect.runs import failure_reason
 from kling_prefect.tasks.connect import open_client
 from kling_prefect.waiting import default_duration_model
 
@@ -79,12 +77,8 @@ async def wait_for_kling_job(
         ```
     """
     logger = get_run_logger()
-    facts = facts_for(job.model)
-    model = facts.short_name if facts else job.model
     artifact_id = await acreate_progress_artifact(
-        0.0,
-        key=progress_key(job.step),
-        description=f"{job.step}: {model} job {job.job_id} of run {job.run_key}",
+        0.0, key=progress_key(job.step), description=progress_description(job, "running")
     )
     kind = job.kind
     durations = default_duration_model()
@@ -138,10 +132,8 @@ async def wait_for_kling_job(
         if ended:
             # The job is over: the bar is full and the description says how it ended (a bar left at 10% would
             # look like a job still running).
-            why = failure_reason(failure)  # "failed at the vendor: <reason>" or "undocumented status 9"
-            why = " " + why.removeprefix("failed ") if why.startswith("failed ") else f": {why}"
             await aupdate_progress_artifact(
-                artifact_id, 100.0, description=f"{job.step} FAILED{why[:300]} (job {job.job_id})"
+                artifact_id, 100.0, description=progress_description(job, "failed", failure)
             )
             events.emit_job_event(events.JOB_FAILED, job, reason=reason[:1000])
         state = "failed" if ended else state
@@ -150,6 +142,6 @@ async def wait_for_kling_job(
         )
         raise failure
     state = "downloading"
-    await report(100.0, description=f"{job.step} succeeded: {model} job {job.job_id} of run {job.run_key}")
+    await report(100.0, description=progress_description(job, "succeeded"))
     events.emit_job_event(events.JOB_SUCCEEDED, job, waited_seconds=round(time.time() - job.created_at, 3))
     return FinishedJob(submitted=job, video_urls=done.video_urls, finished_at=time.time())
