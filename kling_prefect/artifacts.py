@@ -21,27 +21,47 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from prefect.artifacts import acreate_link_artifact, acreate_markdown_artifact, acreate_table_artifact
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 
+from kling_prefect.models import facts_for
 from kling_prefect.pricing import format_usd
-from kling_prefect.runs import ClipRecord, RunResult
-from kling_prefect.storage import artifact_key
+from kling_prefect.records import SubmittedJob
+from kling_prefect.runs import ClipRecord, RunResult, failure_reason
+from kling_prefect.storage import StoredObject, artifact_key
 
 __all__ = [
     "MAX_PICTURES",
     "KeyframePicture",
     "SeamPicture",
     "artifact_base",
+    "escape",
     "keyframe_markdown",
+    "progress_description",
+    "progress_key",
     "publish_run_artifacts",
+    "shown_path",
+    "wrap",
 ]
 
-#: Pictures embedded in one summary at most (a batch of a thousand clips shows its first ones).
+#: Thumbnails in one summary's table at most (a batch of a thousand clips shows its first ones).
 MAX_PICTURES = 24
-PROMPT_CELL = 48
-REASON_CELL = 90
+#: Filmstrips and seam strips in one summary at most (each is a JPEG of ~10 KB).
+MAX_STRIPS = 12
+#: Rows of the summary's table at most; failed clips are always listed. Every clip is in the table artifact.
+MAX_ROWS = 100
+#: Characters per line and lines of a table cell. The classic UI never wraps a table cell, so the summary breaks
+#: the lines itself (``<br>``); at these widths 7 columns fit a 1280 px window in both UIs without either UI
+#: wrapping a line again (checked in tests/test_browser.py).
+STEP_CELL = (10, 2)
+PROMPT_CELL = (16, 4)
+STATUS_CELL = (16, 5)
+MODEL_CELL = (12, 1)
+
+# Backslash escapes work in both UIs (HTML entities do not: the classic UI shows some of them as typed).
+_MARKDOWN_PUNCTUATION = "\\`*_[]|#!~<>&"
 
 
 @dataclass(frozen=True)
@@ -93,7 +113,7 @@ def keyframe_markdown(pictures: Sequence[KeyframePicture], neighbours: Sequence[
     for picture in pictures[:MAX_PICTURES]:
         where = "first frame" if picture.index == 1 else "last frame" if picture.index == last else "join"
         lines += [
-            f"**keyframe {picture.index}** `{_cell(picture.source, 60)}` at {picture.seconds:.2f} s ({where}): "
+            f"**keyframe {picture.index}** `{_shorten(picture.source, 60)}` at {picture.seconds:.2f} s ({where}): "
             f"difference **{picture.difference:.1f}**",
             "",
             f"![keyframe {picture.index} and the final video]({picture.data_uri})",
@@ -102,28 +122,132 @@ def keyframe_markdown(pictures: Sequence[KeyframePicture], neighbours: Sequence[
     return lines
 
 
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (inside backticks: no escaping, which would show)."""
+    text = " ".join(text.replace("`", "'").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def artifact_base(flow: str) -> str:
-    """``kling-<deployment or flow>``: the stem of a run's artifact keys, stable from run to run."""
+    """``kling-<deployment or flow>``: the stem of a run's artifact keys, stable from run to run.
+
+    Examples:
+        ```python
+        artifact_base("continuation")  # 'kling-continuation' (in a deployment 'daily-story': 'kling-daily-story')
+        ```
+    """
     name = deployment.name or flow
     return artifact_key("kling", name.removeprefix("kling-"))
 
 
-def _cell(text: str | None, limit: int) -> str:
-    text = (text or "").replace("|", "\\|").replace("\n", " ").strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def progress_key(step: str) -> str:
+    """``kling-<deployment or flow>-progress-<step>``: the progress artifact of a step's job, one history per step
+    of a flow (or deployment). Outside a flow run: ``kling-progress-<step>``."""
+    name = deployment.name or flow_run.flow_name or ""
+    return artifact_key("kling", name.removeprefix("kling-"), "progress", step)
+
+
+def progress_description(
+    job: SubmittedJob, state: Literal["running", "succeeded", "failed"], failure: BaseException | None = None
+) -> str:
+    """The description of a job's progress artifact: what the job is, and how it ended.
+
+    Examples:
+        ```python
+        progress_description(job, "failed", error)  # 'item-0001 FAILED at the vendor: content moderation (job 9f…)'
+        ```
+    """
+    facts = facts_for(job.model)
+    model = facts.short_name if facts else job.model
+    if state == "failed":
+        why = failure_reason(failure) if failure is not None else "failed"  # "failed at the vendor: <reason>", ...
+        why = " " + why.removeprefix("failed ") if why.startswith("failed ") else f": {why}"
+        return f"{job.step} FAILED{why[:300]} (job {job.job_id})"
+    if state == "succeeded":
+        return f"{job.step} succeeded: {model} job {job.job_id} of run {job.run_key}"
+    return f"{job.step}: {model} job {job.job_id} of run {job.run_key}"
+
+
+def escape(text: str) -> str:
+    """``text`` shown as itself in markdown: no emphasis, link, image, table cell break or HTML from a prompt."""
+    for char in _MARKDOWN_PUNCTUATION:
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def wrap(text: str | None, width: int, lines: int) -> list[str]:
+    """``text`` in at most ``lines`` lines of at most ``width`` characters (words split only when longer than a
+    line); what does not fit ends in ``…``."""
+    words = " ".join((text or "").split()).split(" ")
+    out: list[str] = []
+    line = ""
+    for word in words:
+        while len(word) > width:  # a word longer than a line is split
+            if line:
+                out.append(line)
+                line = ""
+            out.append(word[:width])
+            word = word[width:]
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    if line:
+        out.append(line)
+    if len(out) > lines:
+        out = out[:lines]
+        last = out[-1]
+        out[-1] = (last if len(last) < width else last[: width - 1]) + "…"
+    return out
+
+
+def _cell_lines(text: str | None, size: tuple[int, int]) -> str:
+    return "<br>".join(escape(line) for line in wrap(text, *size))
 
 
 def _status(record: ClipRecord) -> str:
     if record.stored:
-        return "stored (resumed)" if record.resumed else "stored"
-    return "**failed**: " + _cell(record.reason or record.error, REASON_CELL)
+        return "stored<br>(resumed)" if record.resumed else "stored"
+    reason = record.reason or record.error or ""
+    # "failed at the vendor: ..." reads on from the status word: "**failed** at the vendor: ..."
+    text = "failed " + reason.removeprefix("failed ") if reason.startswith("failed ") else f"failed: {reason}"
+    cell = _cell_lines(text, STATUS_CELL)
+    return "**failed**" + cell.removeprefix("failed")
 
 
-def _where(record: ClipRecord) -> str:
-    """Where a clip is, as markdown: a link only when a browser can open it (http/https)."""
+def _seconds(record: ClipRecord) -> str:
+    if not record.stored:
+        return "—"
+    return f"{round(record.duration_seconds or record.video_seconds):d}"
+
+
+def _cost(record: ClipRecord) -> str:
+    """What the clip cost: the vendor's amount, else the estimate (``~``), else nothing (no job was created)."""
+    if record.amount is not None:
+        return format_usd(record.amount)
+    if record.job_id and record.estimated_cost is not None:
+        return "≈" + format_usd(record.estimated_cost)
+    return "—"
+
+
+def _where(record: ClipRecord | StoredObject) -> str:
+    """Where a file is, as markdown: a link only when a browser opens it (http/https), else the path as code."""
     if record.url and record.url.startswith(("http://", "https://")):
-        return f"[{_cell(record.step, 40)}.mp4]({record.url})"
-    return f"`{record.local_path or record.uri}`" if (record.local_path or record.uri) else ""
+        name = (record.uri or "").rsplit("/", 1)[-1] or "video"
+        return f"[{escape(name)}]({record.url})"
+    return f"`{shown_path(record.uri, record.local_path)}`" if (record.local_path or record.uri) else ""
+
+
+def shown_path(uri: str | None, local_path: str | None) -> str:
+    """A file as a person reads it: the local path for local files (never a ``file://`` URI), else the URI."""
+    if uri and not uri.startswith("file:"):
+        return uri
+    return local_path or (uri or "").removeprefix("file://")
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def summary_markdown(
@@ -135,74 +259,90 @@ def summary_markdown(
 ) -> str:
     """The summary's markdown (see the module documentation)."""
     sums = result.totals
-    lines = [
-        f"# {title}: {result.describe()}",
-        "",
+    lines = [f"# {title}: {sums.stored} of {_plural(sums.clips, 'clip')} stored", ""]
+    failed = result.failed
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more: see the table)" if len(failed) > 1 else ""
+        lines += [f"**{escape(first.step)} {escape(first.reason or first.error or 'failed')}**{more}", ""]
+    paid = f"vendor-reported {format_usd(sums.paid_in_run)}"
+    if sums.unreported:
+        paid += f" ({_plural(sums.unreported, 'job')} without a reported amount)"
+    lines += [
         f"- run key: `{result.run_key}`",
-        f"- jobs: {sums.created} created in this run, {sums.resumed} resumed from earlier runs, {sums.failed} failed",
-        f"- video stored: {sums.stored_seconds:g} s in {sums.stored} clip{'s' if sums.stored != 1 else ''}",
-        f"- cost: estimated {format_usd(sums.estimated_cost)} for this run's jobs; vendor-reported "
-        f"{format_usd(sums.paid_in_run)} in this run, {format_usd(sums.paid_earlier)} earlier"
-        + (f" ({sums.unreported} job(s) without a reported amount)" if sums.unreported else ""),
-        f"- storage: {storage}",
+        f"- jobs: {sums.created} created in this run, {sums.resumed} resumed from earlier runs"
+        + (f", {sums.failed} failed" if sums.failed else ""),
+        f"- video stored: {sums.stored_seconds:g} s in {_plural(sums.stored, 'clip')}",
+        f"- paid in this run: {paid}, estimated {format_usd(sums.estimated_cost)}"
+        f" for {_plural(sums.created, 'new job')}",
     ]
+    if sums.resumed:
+        lines.append(
+            f"- paid earlier: vendor-reported {format_usd(sums.paid_earlier)} for "
+            f"{_plural(sums.resumed, 'resumed job')} (not paid again)"
+        )
+    lines.append(f"- storage: {escape(storage)}")
     if result.final is not None:
-        final = result.final
-        if final.url and final.url.startswith(("http://", "https://")):
-            lines.append(f"- final video: [{final.uri}]({final.url})")
-        else:
-            lines.append(f"- final video: `{final.local_path or final.uri}`")
+        lines.append(f"- final video: {_where(result.final)}")
     lines += [
         "",
         "| step | prompt | model | status | s | cost | picture |",
         "|---|---|---|---|---|---|---|",
     ]
-    pictures = 0
-    for record in result.records:
+    pictures = shown = 0
+    for index, record in enumerate(result.records):
+        if index >= MAX_ROWS and record.stored:
+            continue
+        shown += 1
         picture = ""
         if record.thumbnail_data_uri and pictures < MAX_PICTURES:
-            picture = f"![{record.step}]({record.thumbnail_data_uri})"
+            # A no-break space first: the new UI aligns a row's cells on their first line, and a cell that starts
+            # with a (block) picture would push the other cells' text below the picture's bottom.
+            picture = f"\u00a0![{escape(record.step)}]({record.thumbnail_data_uri})"
             pictures += 1
-        cost = format_usd(record.amount if record.amount is not None else record.estimated_cost, unknown="—")
         lines.append(
-            f"| {_cell(record.step, 24)} | {_cell(record.prompt, PROMPT_CELL)} | {record.short_model} "
-            f"| {_status(record)} | {record.video_seconds if record.job_id else 0} | {cost} | {picture} |"
+            f"| {_cell_lines(record.step, STEP_CELL)} | {_cell_lines(record.prompt, PROMPT_CELL)} "
+            f"| {_cell_lines(record.short_model, MODEL_CELL)} | {_status(record)} | {_seconds(record)} "
+            f"| {_cost(record)} | {picture} |"
         )
-    if len(result.records) > MAX_PICTURES and pictures == MAX_PICTURES:
-        lines.append(f"\nPictures of the first {MAX_PICTURES} clips; every clip is in the table artifact.")
-    strips = [r for r in result.records if r.filmstrip_data_uri][:MAX_PICTURES]
+    if shown < len(result.records) or pictures < sum(1 for r in result.records if r.thumbnail_data_uri):
+        lines += ["", "Rows and pictures of the first clips: every clip is in the table artifact."]
+    strips = [r for r in result.records if r.filmstrip_data_uri][:MAX_STRIPS]
     if strips:
         lines += ["", "## Clips", ""]
         for record in strips:
             lines += [
-                f"**{record.step}** {_where(record)}",
+                f"**{escape(record.step)}** {_seconds(record)} s, {_where(record)}",
                 "",
-                f"![{record.step} filmstrip]({record.filmstrip_data_uri})",
+                f"![{escape(record.step)} filmstrip]({record.filmstrip_data_uri})",
                 "",
             ]
     if seams:
-        lines += ["", "## Joins (last frame | first frame)", ""]
-        for seam in seams[:MAX_PICTURES]:
-            lines += [f"**{seam.left} → {seam.right}**", "", f"![{seam.left} to {seam.right}]({seam.data_uri})", ""]
+        lines += ["", "## Joins: last frame, first frame", ""]
+        for seam in seams[:MAX_STRIPS]:
+            left, right = escape(seam.left), escape(seam.right)
+            lines += [f"**{left} → {right}**", "", f"![{left} to {right}]({seam.data_uri})", ""]
     lines += list(extra)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def table_rows(result: RunResult) -> list[dict[str, str | int | bool]]:
-    """The table artifact: every detail of every clip."""
+def table_rows(result: RunResult) -> list[dict[str, str | float | bool]]:
+    """The table artifact: every detail of every clip (paths as paths, never ``file://``). The columns a person
+    looks for first (what happened, why) come first: both UIs scroll a table artifact sideways."""
     return [
         {
             "step": r.step,
             "status": r.status,
-            "resumed": r.resumed,
-            "model": r.model,
+            "error": r.error or "",
             "job_id": r.job_id or "",
-            "video_seconds": r.video_seconds if r.job_id else 0,
+            "model": r.model,
+            "resumed": r.resumed,
+            "stored_seconds": round(r.duration_seconds, 3) if r.stored else 0,
+            "billed_seconds": r.video_seconds if r.job_id else 0,
             "estimated_cost": format_usd(r.estimated_cost, unknown=""),
             "vendor_amount": format_usd(r.amount, unknown=""),
-            "output": r.uri or "",
+            "output": shown_path(r.uri, r.local_path) if r.stored else "",
             "prompt": r.prompt,
-            "error": r.error or "",
         }
         for r in result.records
     ]

@@ -21,6 +21,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
+from kling_prefect.pricing import format_usd
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 DEMO_PROMPTS = [
@@ -236,10 +238,12 @@ def _print_result(result: Any, as_json: bool) -> None:
         print(f"final video: {data['final']['local_path'] or data['final']['uri']}")
     print(
         f"{data['stored']}/{len(data['clips'])} stored, {data['video_seconds']} s of video, "
-        f"estimated ${data['estimated_cost_usd']}, vendor-reported ${data['vendor_amount_usd']}"
+        f"estimated {format_usd(Decimal(data['estimated_cost_usd']))}, "
+        f"vendor-reported {format_usd(Decimal(data['vendor_amount_usd']))}"
     )
     if data["summary_artifact"]:
-        print(f"Prefect artifacts: {data['summary_artifact']} (and -clips, links, thumbnails)")
+        table = data["summary_artifact"].removesuffix("-summary") + "-clips"
+        print(f"Prefect artifacts: {data['summary_artifact']} (with pictures) and {table}")
 
 
 def _run_flow(make: Callable[[], Any], *, progress_enabled: bool) -> Any:
@@ -372,8 +376,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         for row in rows:
             sound = "audio" if row["audio"] else "silent"
-            print(f"{row['model']:34} {row['mode']:4} {row['seconds']:>3} s  {sound:6} ${row['usd']}")
-        print(f"total: ${total} for {len(rows)} job(s), {sum(int(r['seconds']) for r in rows)} s of video")
+            usd = format_usd(Decimal(row["usd"]))
+            print(f"{row['model']:34} {row['mode']:4} {row['seconds']:>3} s  {sound:6} {usd}")
+        seconds = sum(int(r["seconds"]) for r in rows)
+        print(f"total: {format_usd(total)} for {len(rows)} job(s), {seconds} s of video")
     return 0
 
 

@@ -13,7 +13,7 @@ from kling_prefect.pricing import estimate_cost
 from kling_prefect.records import StoredVideo, SubmittedJob
 from kling_prefect.storage import StoredObject
 
-__all__ = ["ClipRecord", "RunIncomplete", "RunResult", "RunTotals", "record_for"]
+__all__ = ["ClipRecord", "RunIncomplete", "RunResult", "RunTotals", "failure_reason", "record_for"]
 
 ERROR_TEXT_LIMIT = 500
 
@@ -57,7 +57,7 @@ class ClipRecord:
         return facts.short_name if facts else self.model
 
 
-def _reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
     """Why a clip failed, in a few words: the vendor's reason for a failed job, else the error."""
     if isinstance(error, JobFailed):
         return "failed at the vendor: " + error.message.removeprefix("job failed at the vendor: ")
@@ -111,7 +111,7 @@ def record_for(
         amount=parse_amount(submitted.amount) if submitted is not None else None,
         resumed=bool(getattr(error, "resumed", False)),
         error=text,
-        reason=_reason(error) if error is not None else None,
+        reason=failure_reason(error) if error is not None else None,
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
+import httpx
 import pytest
 
 from kling_prefect import BudgetExceeded, JobFailed, RunIncomplete, media
@@ -91,21 +92,24 @@ async def test_continuation_joins_clips_with_continuous_seams(emulator, tmp_path
     table = artifacts["kling-continuation-clips"].data
     assert all(record.job_id in table for record in result.records) and "clip-03" in table
     progress = {k: a for k, a in artifacts.items() if a.type == "progress"}
-    assert set(progress) == {"kling-progress-clip-01", "kling-progress-clip-02", "kling-progress-clip-03"}
-    assert all(float(a.data) == 100.0 for a in progress.values())
+    # one per job, keyed per flow and step: a daily run adds versions of the same keys
+    assert set(progress) == {f"kling-continuation-progress-clip-0{n}" for n in (1, 2, 3)}
+    assert all(float(a.data) == 100.0 and "succeeded" in (a.description or "") for a in progress.values())
 
 
 async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block, tmp_path) -> None:
     block, endpoint, bucket = s3_bucket_block
-    result = await continuation(
+    state = await continuation(
         ["A kite over dunes", "The kite dives to the sea"],
         duration=3,
         run_key="s3-run",
         output_dir=str(tmp_path),
         s3_bucket_block=block,
         s3_prefix="kling",
+        return_state=True,
         **FAST,
     )
+    result = await state.aresult()
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
     expected = {
@@ -131,6 +135,24 @@ async def test_continuation_to_s3_through_prefect_aws(emulator, s3_bucket_block,
     first_of_second = media.read_frame(tmp_path / "clip-02.mp4", "first")
     assert mean_abs_diff(media.read_frame(tmp_path / "clip-01.mp4", "last"), first_of_second) < 4
 
+    # In S3 the outputs have links a browser opens: the summary links every clip and the final video, and a link
+    # artifact points at the final video. The links work (a plain GET, as a browser sends it).
+    artifacts = await artifacts_of(state)
+    assert {k for k, a in artifacts.items() if a.type != "progress"} == {
+        "kling-continuation-summary",
+        "kling-continuation-clips",
+        "kling-continuation-final",
+    }
+    summary = artifacts["kling-continuation-summary"].data
+    assert f"- final video: [final.mp4]({result.final.url})" in summary
+    for clip in result.clips:
+        assert f"[{clip.step}.mp4]({clip.video.url})" in summary
+    assert artifacts["kling-continuation-final"].data == f"[final video of s3-run]({result.final.url})"
+    assert "file:" not in summary + artifacts["kling-continuation-clips"].data
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(result.final.url)
+    assert response.status_code == 200 and response.content == (tmp_path / "from-s3.mp4").read_bytes()
+
 
 async def test_flow_retry_after_a_later_failure_pays_only_for_the_failed_step(emulator, tmp_path) -> None:
     prompts = ["Step one: a seed", "Step two: a sprout", "Step three: a tree"]
@@ -149,11 +171,20 @@ async def test_flow_retry_after_a_later_failure_pays_only_for_the_failed_step(em
 
     # A new flow run with the same run key: everything is already made, nothing is created.
     before = emulator.stats().creates
-    again = await continuation(prompts, duration=3, run_key="retry", output_dir=str(tmp_path), **FAST)
+    rerun = await continuation(
+        prompts, duration=3, run_key="retry", output_dir=str(tmp_path), return_state=True, **FAST
+    )
+    again = await rerun.aresult()
     assert emulator.stats().creates == before
     assert again.records[0].job_id == next(
         j for j, rec in emulator.stats().jobs.items() if rec.args.get("prompt") == "Step one: a seed"
     )
+    # Its summary says so: nothing created or paid in this run; what the resumed jobs cost was paid earlier.
+    summary = (await artifacts_of(rerun))["kling-continuation-summary"].data
+    assert "- jobs: 0 created in this run, 3 resumed from earlier runs\n" in summary
+    assert "- paid in this run: vendor-reported $0.00, estimated $0.00 for 0 new jobs\n" in summary
+    assert "- paid earlier: vendor-reported $1.285 for 3 resumed jobs (not paid again)\n" in summary
+    assert "- video stored: 13 s in 3 clips\n" in summary
 
 
 async def test_failed_job_fails_the_flow_with_vendor_message_and_job_id(emulator, tmp_path) -> None:
@@ -169,8 +200,10 @@ async def test_failed_job_fails_the_flow_with_vendor_message_and_job_id(emulator
     summary = artifacts["kling-text-to-video-summary"].data
     assert "0 of 1 clip stored" in summary and "failed at the vendor: generation failed: content moderation" in summary
     assert caught.value.job_id in artifacts["kling-text-to-video-clips"].data
-    progress = artifacts["kling-progress-clip-01"]
-    assert "FAILED at the vendor" in (progress.description or "") and float(progress.data) < 100
+    # the job is over: a full bar that says it failed, not one left at 10% as if still running
+    progress = artifacts["kling-text-to-video-progress-clip-01"]
+    assert (progress.description or "").startswith("clip-01 FAILED at the vendor: generation failed: content mod")
+    assert float(progress.data) == 100
 
 
 async def test_budget_is_checked_before_anything_is_created(emulator, tmp_path) -> None:

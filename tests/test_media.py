@@ -439,6 +439,12 @@ def test_thumbnail_data_uri_is_a_small_middle_frame(clips: dict[str, Path]) -> N
     assert media.mean_abs_diff(picture, media.read_frame(path, "first")) > 10
     _, tall = data_uri_image(media.thumbnail_data_uri(clips["portrait"], width=160))
     assert tall.shape == (284, 160, 3)
+    # Bounded in height too (the summary's table cells): a portrait clip is as high as a landscape one.
+    _, boxed_tall = data_uri_image(media.thumbnail_data_uri(clips["portrait"], width=72, height=40))
+    _, boxed_wide = data_uri_image(media.thumbnail_data_uri(path, width=72, height=40))
+    assert (boxed_tall.shape, boxed_wide.shape) == ((40, 22, 3), (40, 72, 3))
+    with pytest.raises(ValueError, match="must be >= 2"):
+        media.thumbnail(path, 72, height=1)
 
 
 def test_frame_at_is_the_frame_on_screen(tmp_path: Path) -> None:

@@ -398,7 +398,7 @@ async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sum
     billed = sum((Decimal(job.amount) for job in stats.jobs.values()), Decimal(0))
     assert sum((r.amount or Decimal(0)) for r in result.records) == billed
     artifacts = await artifacts_of(state)
-    assert f"vendor-reported {format_usd(billed)} in this run" in artifacts["kling-batch-summary"].data
+    assert f"- paid in this run: vendor-reported {format_usd(billed)}," in artifacts["kling-batch-summary"].data
     rows = json.loads(artifacts["kling-batch-clips"].data)
     assert sum(Decimal(row["vendor_amount"].removeprefix("$")) for row in rows) == billed
 
@@ -626,7 +626,7 @@ async def test_hostile_job_ids_amounts_and_bodies_are_contained(
     assert [p.relative_to(out).as_posix() for p in out.rglob("*.mp4")] == ["clip-01.mp4"]
     assert not list(tmp_path.rglob("escaped")) and not (tmp_path.parent / "escaped").exists()
     summary = (await artifacts_of(state))["kling-text-to-video-summary"].data
-    assert "vendor-reported $0.00 in this run, $0.00 earlier (1 job(s) without a reported amount)" in summary
+    assert "- paid in this run: vendor-reported $0.00 (1 job without a reported amount), estimated $0.475" in summary
 
     # A result URL that is not http(s), and a body that is not a video: the task fails naming the job, and no
     # file is left behind.

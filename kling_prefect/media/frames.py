@@ -343,16 +343,20 @@ def extract_last_frame(video_path: StrPath, png_path: StrPath) -> Path:
     return Path(png_path)
 
 
-def thumbnail(video_path: StrPath, width: int = 320) -> np.ndarray:
-    """The frame in the middle of the clip, scaled to ``width`` keeping the aspect ratio.
+def thumbnail(video_path: StrPath, width: int = 320, height: int | None = None) -> np.ndarray:
+    """The frame in the middle of the clip, scaled to ``width`` keeping the aspect ratio; with ``height``, scaled
+    to fit inside ``width`` x ``height`` (a portrait clip is then as high as a landscape one, not 3x higher).
 
-    Both output dimensions are even (an odd ``width`` is rounded to the nearest even number).
+    Both output dimensions are even (odd bounds are rounded to the nearest even number).
     """
-    if width < 2:
-        raise ValueError("width must be >= 2")
+    if width < 2 or (height is not None and height < 2):
+        raise ValueError("width and height must be >= 2")
     (frame,) = frames_shown_at(video_path, [probe(video_path).duration_seconds / 2])
     out_w = even(width)
     out_h = even(out_w * frame.height / frame.width)
+    if height is not None and out_h > height:
+        out_h = even(height)
+        out_w = even(out_h * frame.width / frame.height)
     return video_frame_to_rgb(frame, out_w, out_h)
 
 
@@ -364,9 +368,10 @@ def make_thumbnail(video_path: StrPath, png_path: StrPath, width: int = 320) -> 
     return Path(png_path)
 
 
-def thumbnail_data_uri(video_path: StrPath, width: int = 192, quality: int = 75) -> str:
-    """A JPEG ``data:`` URI of :func:`thumbnail` (``video_path``, ``width``): a few KB, renders in markdown."""
-    return jpeg_data_uri(thumbnail(video_path, width), quality)
+def thumbnail_data_uri(video_path: StrPath, width: int = 192, quality: int = 75, height: int | None = None) -> str:
+    """A JPEG ``data:`` URI of :func:`thumbnail` (``video_path``, ``width``, ``height``): a few KB, renders in
+    markdown."""
+    return jpeg_data_uri(thumbnail(video_path, width, height), quality)
 
 
 def side_by_side(images: Sequence[np.ndarray], height: int | None = None, gap: int = 2) -> np.ndarray:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
@@ -24,8 +25,11 @@ from kling_prefect.tasks.wait import retry_resumable
 
 __all__ = ["StoredVideoKey", "store_kling_video"]
 
-#: Width of the thumbnail embedded in artifacts (a JPEG of a few KB).
-THUMBNAIL_WIDTH = 192
+#: Bounds of the thumbnail stored beside each clip (``<step>.thumb.jpg``): a portrait clip's is as high as wide.
+THUMBNAIL_BOX = (192, 192)
+#: Bounds of the thumbnail inline in the run summary's table: small enough that 7 columns fit a 1280 px window
+#: in both Prefect UIs (the classic one never wraps table cells).
+SUMMARY_THUMBNAIL_BOX = (72, 40)
 
 
 class StoredVideoKey(CachePolicy):
@@ -39,6 +43,10 @@ class StoredVideoKey(CachePolicy):
         spec = (storage or StorageSpec()).for_run(finished.submitted.run_key)
         material = json.dumps([finished.submitted.job_id, spec.model_dump(), inputs.get("key")])
         return "kling-store-" + hashlib.sha256(material.encode()).hexdigest()
+
+
+def _thumbnail_uri(video: Path, box: tuple[int, int]) -> str:
+    return media.thumbnail_data_uri(video, width=box[0], height=box[1])
 
 
 def _record(stored: StoredVideo) -> dict[str, Any]:
@@ -138,15 +146,16 @@ async def store_kling_video(
         local.unlink(missing_ok=True)
         raise DownloadFailed("the downloaded result is not a decodable MP4 video", job_id=submitted.job_id)
     info = await anyio.to_thread.run_sync(media.probe, local)
-    thumbnail_uri = filmstrip_uri = None
+    thumbnail_uri = filmstrip_uri = file_uri = None
     if pictures:
-        thumbnail_uri = await anyio.to_thread.run_sync(media.thumbnail_data_uri, local, THUMBNAIL_WIDTH)
+        file_uri = await anyio.to_thread.run_sync(_thumbnail_uri, local, THUMBNAIL_BOX)
+        thumbnail_uri = await anyio.to_thread.run_sync(_thumbnail_uri, local, SUMMARY_THUMBNAIL_BOX)
         filmstrip_uri = await anyio.to_thread.run_sync(media.filmstrip_data_uri, local)
     stored_video = await store.put(local, chosen, move=True)
     thumbnail = None
-    if thumbnail_uri:
+    if file_uri:
         thumb_file = downloads / f"{safe_name(submitted.job_id)}.thumb.jpg"
-        thumb_file.write_bytes(base64.b64decode(thumbnail_uri.split(",", 1)[1]))
+        thumb_file.write_bytes(base64.b64decode(file_uri.split(",", 1)[1]))
         thumbnail = await store.put(thumb_file, chosen.rsplit(".", 1)[0] + ".thumb.jpg", move=True)
     stored = StoredVideo(
         submitted=submitted,

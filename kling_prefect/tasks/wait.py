@@ -13,10 +13,10 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from prefect.cache_policies import NO_CACHE
 
 from kling_prefect import events, progress
+from kling_prefect.artifacts import progress_description, progress_key
 from kling_prefect.client import Job, PollPolicy
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
 from kling_prefect.records import FinishedJob, SubmittedJob
-from kling_prefect.storage import artifact_key
 from kling_prefect.tasks.connect import open_client
 from kling_prefect.waiting import default_duration_model
 
@@ -94,8 +94,8 @@ class JobProgress:
             if create:
                 self.artifact_id = await acreate_progress_artifact(
                     0.0,
-                    key=artifact_key("kling-progress", self.job.step),
-                    description=f"{self.job.step}: {self.job.model} job {self.job.job_id} (run {self.job.run_key})",
+                    key=progress_key(self.job.step),
+                    description=progress_description(self.job, "running"),
                 )
             while self._wanted is not None and self.artifact_id is not None:
                 (percent, description), self._wanted = self._wanted, None
@@ -188,13 +188,15 @@ async def wait_for_kling_job(
     if failure is not None:
         reason = failure.message
         if isinstance(failure, (JobFailed, UnknownJobStatus)):
-            await shown.finish(shown.percent, "failed", f"{job.step}: FAILED at the vendor: {reason[:300]}", reason)
+            # The job is over: the bar is full and the description says how it ended (a bar left at 10% would
+            # look like a job still running).
+            await shown.finish(100.0, "failed", progress_description(job, "failed", failure), reason)
             events.emit_job_event(events.JOB_FAILED, job, reason=reason[:1000])
         else:
             progress.emit(
                 progress.ProgressEvent(job.run_key, job.step, shown.state, shown.percent / 100, job.job_id, reason)
             )
         raise failure
-    await shown.finish(100.0, "downloading", f"{job.step}: {job.model} job {job.job_id} succeeded")
+    await shown.finish(100.0, "downloading", progress_description(job, "succeeded"))
     events.emit_job_event(events.JOB_SUCCEEDED, job, waited_seconds=round(time.time() - job.created_at, 3))
     return FinishedJob(submitted=job, video_urls=done.video_urls, finished_at=time.time())
