@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, explain
+from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, PlannedClip, chain_plan, flag_namer, image_to_video_plan, is_image_to_video
 from kling_prefect.cli.registry import add_output_options, command, whole_number
 from kling_prefect.cli.run import default_run_key, run_plan
@@ -92,9 +92,10 @@ def _clip_context(args: argparse.Namespace) -> Context:
     return Context(rename=flag_namer(first_prompt=0 if getattr(args, "multi_prompt", None) else 1))
 
 
-def _usage(error: Exception, context: Context) -> Failure:
-    """An error of planning (before anything started), as one line naming the flag."""
-    return explain(error, context)
+def _usage(error: Exception, context: Context) -> Exception:
+    """An error of planning (before anything started), as one line naming the flag (``KLING_PREFECT_DEBUG=1``:
+    the error itself, for its traceback)."""
+    return error if debug_enabled() else explain(error, context)
 
 
 # --------------------------------------------------------------------------------------------- batch

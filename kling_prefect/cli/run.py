@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kling_prefect.cli.errors import EXIT_FAILED, Context, Failure, explain
+from kling_prefect.cli.errors import EXIT_FAILED, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, flag_namer
 from kling_prefect.cli.progress import Tracker, make_display, summary_line
 from kling_prefect.cli.server import PrefectApi, prefect_api
@@ -141,6 +141,8 @@ def run_plan(
     try:
         check_before_prefect(args, plan, context)
     except Exception as exc:
+        if debug_enabled():
+            raise
         raise explain(exc, context) from None
 
     tracker = Tracker(plan, durations=default_duration_model())
@@ -162,6 +164,8 @@ def run_plan(
             tracker.end_unfinished(_short_reason(failure))
             display.stop()
             display.summary(tracker.summary())
+            if debug_enabled():
+                raise
             raise failure from exc
         tracker.apply(result)
         display.stop()
