@@ -49,9 +49,11 @@ def clean_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def one_run(index: int, emulator_url: str, extra: dict[str, str], startup_only: bool) -> dict[str, Any]:
+def one_run(
+    index: int, emulator_url: str, extra: dict[str, str], startup_only: bool, home: Path | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="first-run-") as folder:
-        home = Path(folder) / "home"
+        home = home or Path(folder) / "home"
         env = clean_env(home, extra)
         load_before = os.getloadavg()[0]
         started = time.monotonic()
@@ -84,6 +86,7 @@ def main() -> int:
     parser.add_argument("--burners", type=int, default=2, help="busy-looping processes alongside (default 2)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment")
     parser.add_argument("--startup-only", action="store_true", help="time Prefect's temporary server alone")
+    parser.add_argument("--home", type=Path, help="one PREFECT_HOME for every run (a home already used)")
     parser.add_argument("--json", metavar="FILE", help="also write the runs as JSON")
     args = parser.parse_args()
     extra = dict(item.split("=", 1) for item in args.env)
@@ -96,7 +99,7 @@ def main() -> int:
         time.sleep(5 if burners else 0)  # let the load show in the load average
         with Emulator(time_scale=0.005, seed=1) as emulator:
             for index in range(1, args.runs + 1):
-                result = one_run(index, emulator.base_url, extra, args.startup_only)
+                result = one_run(index, emulator.base_url, extra, args.startup_only, args.home)
                 results.append(result)
                 print(json.dumps(result), flush=True)
     finally:

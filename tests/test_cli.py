@@ -397,6 +397,24 @@ def test_fresh_prefect_home_while_the_cpu_is_busy(emulator, tmp_path) -> None:
     assert result["stored"] == 3 and result["summary_artifact"].endswith("-summary")
 
 
+def test_the_users_start_up_timeout_wins(tmp_path) -> None:
+    """The temporary server gets 300 s unless the user set a timeout, in the environment or in a profile."""
+    probe = [sys.executable, "-c", "from kling_prefect.cli.server import startup_timeout; print(*startup_timeout())"]
+
+    def timeout(home: Path, **extra: str) -> str:
+        env = fresh_home_env(home, **extra)
+        return subprocess.run(probe, env=env, capture_output=True, text=True, check=True, timeout=120).stdout.strip()
+
+    assert timeout(tmp_path / "a") == "300 False"
+    assert timeout(tmp_path / "a", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="60") == "60 True"
+    profile = tmp_path / "b"
+    subprocess.run(
+        [str(Path(CLI).with_name("prefect")), "config", "set", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=45"],
+        env=fresh_home_env(profile), capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    assert timeout(profile) == "45 True"
+
+
 def test_emulator_command_serves_until_stopped() -> None:
     process = subprocess.Popen(
         [CLI, "emulator", "--port", "0", "--time-scale", "0.01"], stdout=subprocess.PIPE, text=True

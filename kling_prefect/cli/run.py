@@ -161,6 +161,8 @@ def run_plan(
                 result = asyncio.run(state.aresult())
         except (Exception, KeyboardInterrupt) as exc:
             failure = explain(exc, Context(**{**vars(context), "step": tracker.active}))
+            if isinstance(exc, KeyboardInterrupt) and not any(row.started for row in tracker.snapshot()):
+                failure = Failure("interrupted before any job was created", code=failure.code)
             tracker.end_unfinished(_short_reason(failure))
             display.stop()
             display.summary(tracker.summary())
