@@ -305,6 +305,7 @@ def test_each_failure_is_one_line_with_its_fix(prefect_env, tmp_path) -> None:
         assert good_key.stats().creates == 0
     for (name, _, _, code, needles), done in zip(cases, outcomes, strict=True):
         lines = done.stderr.strip().splitlines()
+        print(f"[{name}] exit {done.returncode}: {done.stderr.strip()}")  # shown by `pytest -rP`
         assert len(lines) == 1, (name, done.stderr[-3000:])
         assert done.returncode == code, (name, done.returncode, lines)
         assert lines[0].startswith("kling-prefect: error: ") and "Traceback" not in done.stderr, (name, lines)
@@ -355,6 +356,7 @@ def test_an_interrupted_run_says_how_to_resume_and_resuming_pays_nothing(prefect
 # --------------------------------------------------------------------------------------------- starts every time
 
 
+@pytest.mark.timeout(900)  # three first starts at once on a loaded machine: measured 2-3 min, up to ~5 on a busy one
 def test_fresh_prefect_home_while_the_cpu_is_busy(emulator, tmp_path) -> None:
     """Two chains and the demo, each in a PREFECT_HOME never used, at once, with two busy-looping processes:
     Prefect's temporary server must migrate three new databases on a loaded machine. All start, all quietly."""
@@ -366,13 +368,13 @@ def test_fresh_prefect_home_while_the_cpu_is_busy(emulator, tmp_path) -> None:
             args = ["chain", f"A fox in the snow, take {index}", "--duration", "3", "--poll-interval", "0.05"]
             return subprocess.run(
                 [CLI, *args, "--no-progress", "--out", str(tmp_path / f"out-{index}")],
-                capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False,
+                capture_output=True, text=True, timeout=800, env=env, cwd=tmp_path, check=False,
             )  # fmt: skip
 
         def demo() -> Any:
             return subprocess.run(
                 [CLI, "demo", "--out", str(tmp_path / "kling-output"), "--json"],
-                capture_output=True, text=True, timeout=600, env=fresh_home_env(tmp_path / "home-demo"),
+                capture_output=True, text=True, timeout=800, env=fresh_home_env(tmp_path / "home-demo"),
                 cwd=tmp_path, check=False,
             )  # fmt: skip
 
