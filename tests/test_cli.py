@@ -226,22 +226,28 @@ def last_frame(screen: str) -> list[str]:
 
 def test_progress_on_a_terminal_rows_in_step_order_and_time_left(prefect_env, tmp_path) -> None:
     long_prompt = "A red kite rises over golden dunes at dawn while the wind draws lines in the sand"
-    env = {**prefect_env, "KLING_PREFECT_DURATIONS": str(tmp_path / "durations.json")}
     args = ["chain", long_prompt, "The kite loops over the sea", "--duration", "3", "--poll-interval", "0.05"]
-    code, out, terminal = run_cli_in_pty(*args, "--out", str(tmp_path / "a"), env=env)
-    assert code == 0, terminal[-3000:]
-    frame = last_frame(screen_text(terminal))
-    assert [line.split()[0] for line in frame[:2]] == ["clip-01", "clip-02"]
-    assert "kling-o3" in frame[0] and "stored" in frame[0] and re.search(r"\b0:\d\d\b", frame[0])
-    assert "kling-o1-i2v" in frame[1] and "stored" in frame[1]
-    assert long_prompt[:20] in frame[0] and long_prompt not in frame[0] and "…" in frame[0]  # shortened
-    assert frame[-1] == "2 stored, 0 failed, 8 s of video, $0.785 estimated ($0.785 charged)"
-    assert "\x1b[" in terminal  # a live display (redrawn), not plain lines
-    assert " | INFO " not in terminal and "Traceback" not in terminal
-    assert out.splitlines()[0].startswith("clip-01  ") and out.splitlines()[-1].startswith("in Prefect:")
+    # Jobs of ~2-3 s: long enough for the display (4 redraws a second) to show them running.
+    with Emulator(time_scale=0.02, seed=11) as vendor:
+        env = {
+            **prefect_env,
+            "SHORTAPI_BASE_URL": vendor.base_url,
+            "KLING_PREFECT_DURATIONS": str(tmp_path / "durations.json"),
+        }
+        code, out, terminal = run_cli_in_pty(*args, "--out", str(tmp_path / "a"), env=env)
+        assert code == 0, terminal[-3000:]
+        frame = last_frame(screen_text(terminal))
+        assert [line.split()[0] for line in frame[:2]] == ["clip-01", "clip-02"]
+        assert "kling-o3" in frame[0] and "stored" in frame[0] and re.search(r"\b0:\d\d\b", frame[0])
+        assert "kling-o1-i2v" in frame[1] and "stored" in frame[1]
+        assert long_prompt[:20] in frame[0] and long_prompt not in frame[0] and "…" in frame[0]  # shortened
+        assert frame[-1] == "2 stored, 0 failed, 8 s of video, $0.785 estimated ($0.785 charged)"
+        assert "\x1b[" in terminal  # a live display (redrawn), not plain lines
+        assert " | INFO " not in terminal and "Traceback" not in terminal
+        assert out.splitlines()[0].startswith("clip-01  ") and out.splitlines()[-1].startswith("in Prefect:")
 
-    # The same kinds of job again: their durations were learned (and saved), so the display says what is left.
-    code, _, terminal = run_cli_in_pty(*args, "--out", str(tmp_path / "b"), env=env)
+        # The same kinds of job again: their durations were learned (and saved), so the display says what is left.
+        code, _, terminal = run_cli_in_pty(*args, "--out", str(tmp_path / "b"), env=env)
     assert code == 0, terminal[-3000:]
     assert re.search(r"~\d+:\d\d left", screen_text(terminal)), screen_text(terminal)[-3000:]
 
@@ -342,6 +348,10 @@ def test_an_interrupted_run_says_how_to_resume_and_resuming_pays_nothing(prefect
         deadline = time.monotonic() + 120
         while slow.stats().creates == 0 and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        # The job exists; let its submit task finish (milliseconds: it records the job), so the interrupt lands
+        # while the run waits for the job, as a user's Ctrl-C does. An interrupt within the create itself is
+        # another case: the step is then refused until --resubmit-uncertain (tests/test_reliability.py).
+        time.sleep(1.0)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
         lines = err.strip().splitlines()

@@ -219,9 +219,11 @@ def _vendor_failure(error: Any, context: Context) -> Failure:
         )
     if isinstance(error, ex.TransientError):
         resume = f"; {context.resume()} to resume" if error.job_id or getattr(error, "submitted", None) else ""
-        if error.status_code is None and "could not connect" in error.message:
+        connect = re.search(r"could not connect \((\w+)\)", error.message)
+        if error.status_code is None and connect:
+            created = "" if resume else "; nothing was created"
             return Failure(
-                f"{step}could not connect to the ShortAPI API at {url} ({message.rsplit('(', 1)[-1].rstrip(')')})",
+                f"{step}could not connect to the ShortAPI API at {url} ({connect[1]}){created}",
                 f"check {context.url_source()} and your network{resume}",
             )
         return Failure(

@@ -165,7 +165,8 @@ def run_plan(
                 failure = Failure("interrupted before any job was created", code=failure.code)
             tracker.end_unfinished(_short_reason(failure))
             display.stop()
-            display.summary(tracker.summary())
+            if any(row.started for row in tracker.snapshot()):  # jobs ran: say what became of them
+                display.summary(tracker.summary())
             if debug_enabled():
                 raise
             raise failure from exc
