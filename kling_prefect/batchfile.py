@@ -40,6 +40,13 @@ def _bool_fields(model: type[KlingRequest]) -> set[str]:
     return {name for name, info in model.model_fields.items() if bool in (info.annotation, *get_args(info.annotation))}
 
 
+class _CellError(ValueError):
+    """A CSV cell that cannot be read; the message names the column."""
+
+
+EXAMPLE_LINE = '{"prompt": "A fox in the snow", "duration": 5}'
+
+
 def _from_csv_row(row: dict[str, str], model: type[KlingRequest]) -> dict[str, Any]:
     # CSV cells are text: drop empty ones, read JSON for lists, true/false for booleans.
     fields: dict[str, Any] = {}
@@ -51,7 +58,13 @@ def _from_csv_row(row: dict[str, str], model: type[KlingRequest]) -> dict[str, A
         if name in bools and cell.lower() in ("true", "false"):
             fields[name] = cell.lower() == "true"
         elif cell.startswith(("[", "{")):
-            fields[name] = json.loads(cell)
+            try:
+                fields[name] = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                raise _CellError(
+                    f"column {name!r}: not valid JSON ({exc.msg} at character {exc.pos + 1}); a list cell looks "
+                    'like ["https://example.com/a.png"]'
+                ) from None
         else:
             fields[name] = cell
     return fields
@@ -91,15 +104,32 @@ def _read_csv(path: Path) -> Iterable[tuple[str, Any]]:
 
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield f"line {number}", ValueError(f"invalid JSON: {exc.msg} at column {exc.colno}")
-            except RecursionError:
-                yield f"line {number}", ValueError("invalid JSON: nested too deeply")
+        text = handle.read()
+    if text.lstrip().startswith("["):
+        try:
+            whole = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            whole = None
+        if isinstance(whole, list):
+            raise BatchInputError(
+                [f"{path}: the file is one JSON array; JSONL wants one JSON object per line, such as {EXAMPLE_LINE}"]
+            )
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            # The line alone, so the column is where the line went wrong (an unfinished line: one past its end).
+            yield (
+                f"line {number}",
+                ValueError(
+                    f"invalid JSON at column {exc.colno}: {exc.msg}; each line must be one complete JSON object, "
+                    f"such as {EXAMPLE_LINE}"
+                ),
+            )
+        except RecursionError:
+            yield f"line {number}", ValueError("invalid JSON: nested too deeply")
 
 
 def load_batch_items(
@@ -130,7 +160,10 @@ def load_batch_items(
         if isinstance(value, str):
             value = {"prompt": value}
         if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object with a 'prompt', got {type(value).__name__}")
+            kind = {"list": "a list", "str": "text", "int": "a number", "float": "a number"}.get(
+                type(value).__name__, type(value).__name__
+            )
+            problems.append(f"{where}: expected an object with a 'prompt', such as {EXAMPLE_LINE}; got {kind}")
             continue
         fields = dict(value)
         model_name = fields.pop("model", None)
@@ -149,8 +182,8 @@ def load_batch_items(
         except ValidationError as exc:
             problems.append(f"{where}: {describe_validation_error(exc)}")
             continue
-        except json.JSONDecodeError as exc:
-            problems.append(f"{where}: a cell is not valid JSON: {exc.msg}")
+        except _CellError as exc:
+            problems.append(f"{where}: {exc}")
             continue
         items.append(BatchItem(step=f"item-{len(items) + len(problems) + 1:04d}", request=request, source=where))
     if problems:

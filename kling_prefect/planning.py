@@ -19,7 +19,7 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -90,21 +90,24 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, rename: Callable[[str], str] | None = None) -> str:
     """``field: message (got value)`` for each pydantic error, joined by ``; ``.
 
-    The value is not repeated when the message already shows it.
+    The value is not repeated when the message already shows it. ``rename`` maps a field's dotted location
+    (``duration``, ``multi_prompt.0.duration``) to the name the caller knows it by (``--duration``).
     """
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "request"
+        if rename is not None:
+            where = rename(where)
         message = str(item["msg"])
         value = item.get("input")
         if isinstance(value, dict):
             got = "{...}"
         else:
             got = shown(value)
-        parts.append(f"{where}: {message}" if "got " in message else f"{where}: {message} (got {got})")
+        parts.append(f"{where}: {message}" if re.search(r"\bgot\b", message) else f"{where}: {message} (got {got})")
     return "; ".join(parts)
 
 
@@ -278,7 +281,9 @@ def plan_chain(
                 )
             )
         except ValidationError as exc:
-            raise InvalidInput(f"prompts[{index}]", describe_validation_error(exc)) from None
+            # The field is the prompt itself (the other fields were checked above): name the prompt alone.
+            reason = describe_validation_error(exc)
+            raise InvalidInput(f"prompts[{index}]", reason.removeprefix("prompt: ")) from None
     return chain
 
 

@@ -124,6 +124,55 @@ def run_cli(
     )
 
 
+def run_cli_in_pty(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 240, columns: int = 120
+) -> tuple[int, str, str]:
+    """``kling-prefect ARGS`` with stderr on a pseudo terminal (``columns`` wide), as in a user's shell; stdout is
+    a pipe. Returns (exit status, stdout, everything the terminal received, escape codes included)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    merged = {**os.environ, **(env or {})}
+    process = subprocess.Popen(
+        [CLI, *args], stdout=subprocess.PIPE, stderr=follower, stdin=subprocess.DEVNULL, env=merged
+    )
+    os.close(follower)
+    received: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: every writer has exited
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        reader.join(10)
+        os.close(leader)
+    return process.returncode, out.decode(), b"".join(received).decode(errors="replace")
+
+
+def screen_text(terminal: str) -> str:
+    """What a terminal shows of ``terminal`` output, roughly: escape codes removed, carriage returns as lines."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 # --------------------------------------------------------------------------------------------- tiny HTTP servers
 
 

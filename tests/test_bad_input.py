@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -140,7 +141,9 @@ FILE_CASES: list[tuple[str, str | bytes, str]] = [
     ("a.jsonl", '{"prompt": "x", "duration": 16}\n', "line 1: duration"),
     ("a.jsonl", '{"prompt": "x", "model": "kling-9"}\n', "line 1: model"),
     ("a.jsonl", EIGHT + "\n", "line 1: images"),
-    ("a.jsonl", '["prompt", "x"]\n', "line 1: expected an object"),
+    ("a.jsonl", '["prompt", "x"]\n', "one JSON array; JSONL wants one JSON object per line"),
+    ("a.jsonl", '[\n{"prompt": "x"},\n{"prompt": "y"}\n]\n', "one JSON array"),
+    ("a.jsonl", '{"prompt": "x",\n', "line 1: invalid JSON at column 16"),  # one past the end of the line
     ("a.jsonl", "5\n", "line 1: expected an object"),
     ("a.jsonl", '{"prompt": "x", "colour": "red"}\n', "line 1: colour"),
     ("a.jsonl", '{"prompt": "x", "aspect_ratio": "4:3"}\n', "line 1: aspect_ratio"),
@@ -154,7 +157,7 @@ FILE_CASES: list[tuple[str, str | bytes, str]] = [
     ("a.csv", "prompt,duration\nx,5,extra\n", "line 2: 1 more cell(s) than header"),
     ("a.csv", "prompt,duration\nx,99\n", "line 2: duration"),
     ("a.csv", "prompt,colour\nx,red\n", "line 2: colour"),
-    ("a.csv", "prompt,images,model\nx,[not json,kling-o1-i2v\n", "line 2: a cell is not valid JSON"),
+    ("a.csv", "prompt,images,model\nx,[not json,kling-o1-i2v\n", "line 2: column 'images': not valid JSON"),
     ("a.csv", "prompt,prompt\nx,y\n", "duplicate column"),
     ("a.csv", "prompt,duration\n,5\n", "line 2: prompt: missing"),
     ("a.csv", "prompt,generate_audio,model\nx,maybe,kling-2.6\n", "line 2: generate_audio"),
@@ -222,24 +225,40 @@ BAD = '{"prompt": "fine"}\n{"prompt": "x", "duration": 99}\n'
 # (arguments, extra environment, text naming what is wrong)
 CLI_CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("chain",), {}, "PROMPT"),
-    (("chain", ""), {}, "prompt"),
-    (("chain", "x", "--duration", "2"), {}, "duration"),
+    (("chain", ""), {}, "PROMPT 1"),
+    (("chain", "x", "--duration", "2"), {}, "--duration"),
+    (("chain", "x", "--duration", "99"), {}, "--duration"),
     (("chain", "x", "--aspect-ratio", "4:3"), {}, "--aspect-ratio"),
     (("chain", "x", "--model", "kling-9"), {}, "kling-9"),
-    (("chain", "x", "--model", "kling-o1-i2v"), {}, "model"),
+    (("chain", "x", "--model", "kling-o1-i2v"), {}, "--model"),
+    (("chain", "x", "--model", "kling-2.6", "--mode", "std"), {}, "--mode"),
+    (("chain", "x", "--model", "kling-o1", "--audio"), {}, "--audio"),
+    (("chain", "--multi-prompt", '[{"prompt": "a"'), {}, "--multi-prompt"),
+    (("chain", "--multi-prompt", '[{"prompt": "a", "duration": 5}]', "--model", "kling-2.6"), {}, "--multi-prompt"),
+    (("chain", "--multi-prompt", '[{"prompt": "a", "duration": 2}]', "--duration", "5"), {}, "--multi-prompt"),
+    (("chain", "--multi-prompt", "@<DIR>/missing.json"), {}, "--multi-prompt"),
+    (("chain",), {}, "PROMPT"),
+    (("chain", "x", "--out", "<DIR>/good.jsonl"), {}, "--out"),
     (("chain", "x", "--max-cost", "-1"), {}, "--max-cost"),
-    (("chain", "a", "b", "c", "--max-cost", "0.5"), {}, "max_cost_usd"),
+    (("chain", "a", "b", "c", "--max-cost", "0.5"), {}, "exceeds --max-cost $0.50"),
     (("chain", "x", "y", "--continuation-duration", "7"), {}, "--continuation-duration"),
     (("chain", "x", "--poll-interval", "0"), {}, "--poll-interval"),
     (("chain", "x", "--run-key", "../../etc"), {}, "--run-key"),
-    (("chain", "x", "", "--model", "kling-o1"), {}, "prompts[2]"),
-    (("chain", "x" * 2501), {}, "prompt"),
+    (("chain", "x", "", "--model", "kling-o1"), {}, "PROMPT 2"),
+    (("chain", "x" * 2501), {}, "PROMPT 1: must be at most 2,500 characters, got 2,501"),
     (("chain", "x"), {"SHORTAPI_KEY": ""}, "SHORTAPI_KEY"),
     (("chain", "x"), {"SHORTAPI_READ_TIMEOUT": "soon"}, "SHORTAPI_READ_TIMEOUT"),
     (("chain", "x"), {"SHORTAPI_BASE_URL": "ftp://vendor"}, "SHORTAPI_BASE_URL"),
     (("batch", "<DIR>/missing.jsonl"), {}, "no such file"),
     (("batch", "<DIR>/bad.jsonl"), {}, "line 2: duration"),
     (("batch", "<DIR>/good.jsonl", "--max-concurrency", "0"), {}, "--max-concurrency"),
+    (("batch", "<DIR>/good.jsonl", "--max-concurrency", "1001"), {}, "from 1 to 1000"),
+    (("batch", "<DIR>/array.jsonl"), {}, "one JSON array"),
+    (("batch", "<DIR>/good.jsonl", "--max-cost", "0.01"), {}, "--max-cost"),
+    (("estimate", "x", "--model", "kling-o1-i2v", "--duration", "12"), {}, "--duration"),
+    (("estimate", "x", "--model", "kling-o1-i2v", "--audio"), {}, "--audio"),
+    (("emulator", "--port", "70000"), {}, "--port"),
+    (("setup", "--jobs-limit", "0"), {}, "--jobs-limit"),
     (("estimate", "x", "--file", "<DIR>/good.jsonl"), {}, "not both"),
     (("render",), {}, "invalid choice"),
 ]
@@ -251,6 +270,7 @@ def cli_outcomes(emulator_server, tmp_path_factory) -> dict[int, Any]:
     folder = tmp_path_factory.mktemp("cli-input")
     (folder / "good.jsonl").write_text(GOOD)
     (folder / "bad.jsonl").write_text(BAD)
+    (folder / "array.jsonl").write_text('[{"prompt": "a"}, {"prompt": "b"}]\n')
     emulator_server.clear_faults()
     emulator_server.reset_stats()
     base = {**os.environ, "SHORTAPI_KEY": TEST_KEY, "SHORTAPI_BASE_URL": emulator_server.base_url}
@@ -274,6 +294,7 @@ def test_invalid_cli_arguments_exit_nonzero_with_one_line(cli_outcomes, index) -
     assert done.returncode not in (0, None), (args, done.stdout, done.stderr)
     assert len(lines) == 1 and needle in lines[0], (args, done.stderr)
     assert lines[0].startswith("kling-prefect") and "Traceback" not in done.stderr
+    assert len(re.findall(r"\bgot\b", lines[0])) <= 1, lines[0]  # the value is shown once
     assert done.stdout == ""
 
 
