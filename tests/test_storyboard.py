@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 from fractions import Fraction
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -356,3 +357,45 @@ def test_a_chain_with_a_cast_names_what_the_first_clip_cannot_take(tmp_path) -> 
         plan_chain("kling-o3", ["a", "b"], cast=[{"frontal": hero}])
     first, second = plan_chain("kling-o3", ["a fox", "[@element1] runs"], cast=[hero] * 6)
     assert "elements" not in first.to_args() and len(second.to_args()["elements"]) == 6
+
+
+# --------------------------------------------------------------------------------------------- the command line
+
+
+def test_the_storyboard_command_prices_runs_and_refuses_with_one_line(
+    prefect_server, emulator, keyframes, tmp_path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    from .conftest import TEST_KEY
+    from .helpers import run_cli
+
+    prompts = ["--prompt", "The boat leaves", "--prompt", "It reaches the shore"]
+    priced = run_cli("estimate", "--keyframes", *keyframes, *prompts, "--json")
+    assert priced.returncode == 0, priced.stderr
+    estimate = json.loads(priced.stdout)
+    assert estimate["total_usd"] == "1.0" and [r["short_name"] for r in estimate["requests"]] == ["kling-o1-i2v"] * 2
+
+    env = {
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "SHORTAPI_KEY": TEST_KEY,
+        "SHORTAPI_BASE_URL": emulator.base_url,
+    }
+    out = tmp_path / "cli-story"
+    args = ["storyboard", *keyframes, *prompts, "--out", str(out), "--run-key", "cli-story", "--poll-interval", "0.05"]
+    done = run_cli(*args, "--json", "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["stored"] == 2 and result["final"]["local_path"] == str(out / "final.mp4")
+    assert [j.args["action"] for j in i2v_jobs(emulator)] == ["frame", "frame"]
+
+    for bad, needle in (
+        ([keyframes[0], "--prompt", "x"], "KEYFRAME"),  # one keyframe
+        ([*keyframes, "--prompt", "only one"], "--prompt: give one prompt per clip"),
+        ([*keyframes[:2], str(tmp_path / "missing.png"), *prompts], "KEYFRAME 3"),
+    ):
+        refused = run_cli("storyboard", *bad, "--out", str(out), env=env)
+        lines = refused.stderr.strip().splitlines()
+        assert refused.returncode == 2 and len(lines) == 1 and needle in lines[0], refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert len(i2v_jobs(emulator)) == 2  # nothing more reached the vendor

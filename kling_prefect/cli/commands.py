@@ -1,4 +1,4 @@
-"""The bundled commands: ``demo``, ``chain``, ``batch``, ``estimate``, ``emulator``, ``setup``.
+"""The bundled commands: ``demo``, ``chain``, ``batch``, ``storyboard``, ``estimate``, ``emulator``, ``setup``.
 
 Each is registered with :func:`~kling_prefect.cli.registry.command`; the clip-making ones plan their clips
 (:mod:`kling_prefect.cli.plans`) and hand the plan to :func:`~kling_prefect.cli.run.run_plan`.
@@ -7,6 +7,7 @@ Examples:
     ```bash
     kling-prefect chain "A paper boat sets sail" "It drifts into a storm" --duration 5 --max-cost 2
     kling-prefect estimate "A fox" --model kling-o1-i2v --duration 10
+    kling-prefect storyboard dawn.png noon.png dusk.png --prompt "The sun climbs" --prompt "It sets" --max-cost 2
     ```
 """
 
@@ -158,6 +159,121 @@ def _prompt(request: Any) -> str:
     return str(getattr(request, "prompt", "") or "")
 
 
+# --------------------------------------------------------------------------------------------- storyboard
+
+
+def _storyboard_arguments(parser: argparse.ArgumentParser) -> None:
+    from kling_prefect.planning import MAX_CONCURRENCY
+
+    parser.add_argument(
+        "keyframes",
+        nargs="+",
+        metavar="KEYFRAME",
+        help="2 or more images (PNG, JPEG or WebP files, or http(s) URLs), all of one aspect ratio: clip k goes "
+        "from keyframe k to keyframe k+1",
+    )
+    _add_storyboard_clip_options(parser, required=True)
+    parser.add_argument(
+        "--duration",
+        type=whole_number(3, 10),
+        default=5,
+        metavar="S",
+        help="seconds of each clip, 3-10 (kling-o1 image-to-video from two frames). Default: 5",
+    )
+    parser.add_argument("--mode", choices=["std", "pro"], default="pro", help="mode of every clip. Default: pro")
+    parser.add_argument(
+        "--max-concurrency",
+        type=whole_number(1, MAX_CONCURRENCY),
+        default=4,
+        metavar="N",
+        help=f"clips made at once, 1-{MAX_CONCURRENCY}. Default: 4",
+    )
+
+
+def _add_storyboard_clip_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    group = parser.add_argument_group("storyboard clips")
+    group.add_argument(
+        "--prompt",
+        action="append",
+        dest="storyboard_prompts",
+        metavar="TEXT",
+        required=required,
+        help="one per clip, in order (N keyframes make N-1 clips); name a cast member as [@element1]",
+    )
+    group.add_argument(
+        "--cast",
+        action="append",
+        metavar="IMAGE",
+        help="a subject kept the same in every clip: its frontal image (file or URL); repeat for more (at most 5)",
+    )
+
+
+def storyboard_namer(where: str) -> str:
+    """The storyboard's parameters as its command line calls them (counted from 1, as the planner does)."""
+    import re
+
+    found = re.fullmatch(r"(keyframes|prompts|cast)\[(\d+)\]", where)
+    if found:
+        return {"keyframes": "KEYFRAME", "prompts": "--prompt", "cast": "--cast"}[found[1]] + f" {found[2]}"
+    names = {"keyframes": "KEYFRAME", "prompts": "--prompt", "cast": "--cast", "duration": "--duration"}
+    return names.get(where, flag_namer()(where))
+
+
+def storyboard_plan(args: argparse.Namespace) -> tuple[Plan, list[str], list[str | dict[str, Any]]]:
+    """The clips of a storyboard (checked: files read, URLs fetched), its keyframes and cast as the flow takes
+    them (local files as absolute paths)."""
+    from kling_prefect.planning import plan_storyboard
+
+    def absolute(source: str) -> str:
+        return source if "://" in source else str(Path(source).expanduser().resolve())
+
+    keyframes = [absolute(k) for k in args.keyframes]
+    cast: list[str | dict[str, Any]] = [absolute(c) for c in (args.cast or [])]
+    prompts = list(args.storyboard_prompts or [])
+    planned = plan_storyboard(
+        keyframes, prompts, duration=args.duration or 5, mode=args.mode or "pro", cast=cast or None
+    )
+    clips = tuple(
+        PlannedClip(f"clip-{index:02d}", prompt, request)
+        for index, (prompt, request) in enumerate(zip(prompts, planned.requests, strict=True), start=1)
+    )
+    return Plan(clips=clips, concurrency=min(getattr(args, "max_concurrency", 1), len(clips))), keyframes, cast
+
+
+@command(
+    "storyboard",
+    help="clips from keyframe to keyframe (kling-o1 image-to-video, first and last frame), joined into final.mp4",
+    arguments=_storyboard_arguments,
+    run_options=True,
+    epilog="Every keyframe is read and checked (an image the vendor can take, one aspect ratio) before anything "
+    "is created. Outputs: clip-01.mp4, ... and final.mp4 under --out; the summary shows each keyframe beside the "
+    "final video at its point. `kling-prefect estimate --keyframes ... --prompt ...` prices one.",
+)
+def storyboard(args: argparse.Namespace) -> int:
+    from kling_prefect import flows
+
+    context = Context(rename=storyboard_namer)
+    try:
+        plan, keyframes, cast = storyboard_plan(args)
+    except Exception as exc:
+        raise _usage(exc, context) from None
+    return run_plan(
+        args,
+        plan,
+        lambda run: flows.storyboard(
+            keyframes=keyframes,
+            prompts=[clip.prompt for clip in plan.clips],
+            duration=args.duration,
+            mode=args.mode,
+            cast=cast or None,
+            max_concurrency=args.max_concurrency,
+            **run,
+            return_state=True,
+        ),
+        context=context,
+    )
+
+
 # --------------------------------------------------------------------------------------------- estimate
 
 
@@ -169,6 +285,13 @@ def _estimate_arguments(parser: argparse.ArgumentParser) -> None:
         help="one prompt, or several for a chain (with kling-o1-i2v: one image-to-video clip each)",
     )
     parser.add_argument("--file", metavar="FILE", help="a JSONL or CSV batch file instead of PROMPTs")
+    parser.add_argument(
+        "--keyframes",
+        nargs="+",
+        metavar="KEYFRAME",
+        help="price a storyboard: its keyframes (checked, as `storyboard` does), with one --prompt per clip",
+    )
+    _add_storyboard_clip_options(parser, required=False)
     parser.add_argument("--max-cost", type=_money, metavar="USD", help="fail (exit 2) if the total is higher")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON")
 
@@ -196,7 +319,12 @@ def estimate(args: argparse.Namespace) -> int:
     try:
         if args.file and args.prompts:
             raise Failure("give PROMPTs or --file, not both", code=EXIT_USAGE)
-        if args.file:
+        if args.keyframes:
+            if args.file or args.prompts:
+                raise Failure("a storyboard takes --keyframes and --prompt, not PROMPTs or --file", code=EXIT_USAGE)
+            context = Context(rename=storyboard_namer)
+            plan = storyboard_plan(args)[0]
+        elif args.file:
             items = load_batch_items(file=args.file, default_model=args.model)
             plan = Plan(clips=tuple(PlannedClip(i.step, _prompt(i.request), i.request) for i in items))
         elif is_image_to_video(args.model):

@@ -239,6 +239,13 @@ def add_run_options(parser: argparse.ArgumentParser, *, out_help: str) -> None:
         action="store_true",
         help="submit steps whose earlier create may have been accepted (check the ShortAPI dashboard first)",
     )
+    group.add_argument(
+        "--max-queries-per-second",
+        type=seconds(0, 10_000),
+        metavar="N",
+        help="cap on job queries per second, shared by every wait of the run (0: none; a credentials block's "
+        "own setting wins). Default: SHORTAPI_MAX_QUERIES_PER_SECOND, else 10",
+    )
     add_output_options(parser)
 
 

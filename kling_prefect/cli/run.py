@@ -56,6 +56,9 @@ def check_before_prefect(args: argparse.Namespace, plan: Plan, context: Context)
 
     check_output_dir(args.out or "kling-output", name="--out")
     check_budget(plan.requests, args.max_cost, name="--max-cost")
+    if getattr(args, "max_queries_per_second", None) is not None:
+        # A process setting, read by every client the run's tasks open (the flow runs in this process).
+        os.environ["SHORTAPI_MAX_QUERIES_PER_SECOND"] = repr(args.max_queries_per_second)
     if args.credentials_block:
         return
     if not os.environ.get("SHORTAPI_KEY", "").strip():
