@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from kling_prefect.exceptions import BatchInputError
 from kling_prefect.models import KlingRequest, request_model_for
 from kling_prefect.planning import describe_validation_error
+from kling_prefect.pricing import estimate_cost
 
 MAX_ITEMS = 10_000
 
@@ -103,18 +105,25 @@ def _read_csv(path: Path) -> Iterable[tuple[str, Any]]:
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
+    """The lines of a JSONL file, read as they are consumed (a big batch is never all in memory)."""
     with path.open(encoding="utf-8") as handle:
-        text = handle.read()
-    if text.lstrip().startswith("["):
-        try:
-            whole = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
-            whole = None
-        if isinstance(whole, list):
-            raise BatchInputError(
-                [f"{path}: the file is one JSON array; JSONL wants one JSON object per line, such as {EXAMPLE_LINE}"]
-            )
-    for number, line in enumerate(text.splitlines(), start=1):
+        start = handle.read(4096).lstrip()
+        if start.startswith("["):  # perhaps one JSON array (a common mistake): only then read it whole
+            handle.seek(0)
+            try:
+                whole = json.loads(handle.read())
+            except (json.JSONDecodeError, RecursionError):
+                whole = None
+            if isinstance(whole, list):
+                advice = f"JSONL wants one JSON object per line, such as {EXAMPLE_LINE}"
+                raise BatchInputError([f"{path}: the file is one JSON array; {advice}"])
+        handle.seek(0)
+        yield from _jsonl_lines(handle)
+
+
+def _jsonl_lines(lines: Iterable[str]) -> Iterable[tuple[str, Any]]:
+    for number, ended in enumerate(lines, start=1):
+        line = ended.rstrip("\r\n")  # a column is counted on the line alone
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
@@ -132,10 +141,12 @@ def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
             yield f"line {number}", ValueError("invalid JSON: nested too deeply")
 
 
-def load_batch_items(
-    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
-) -> list[BatchItem]:
-    """Validated items from ``prompts`` or ``file`` (exactly one of them); raises :class:`BatchInputError`."""
+def _validated(
+    *, prompts: list[str | dict[str, Any]] | None, file: str | None, default_model: str
+) -> Iterator[BatchItem | str]:
+    """Each item of ``prompts`` or ``file`` (exactly one of them) in order: a validated :class:`BatchItem`, or
+    the problem with it (``line N: field: why``). Raises :class:`BatchInputError` for an input that cannot be
+    read at all. Nothing is kept: a file is read as it is consumed."""
     if (prompts is None) == (file is None):
         raise BatchInputError(["give either prompts or file (exactly one)"])
     if prompts is not None and not isinstance(prompts, (list, tuple)):
@@ -148,14 +159,14 @@ def load_batch_items(
     raw: Iterable[tuple[str, Any]] = (
         _read_file(Path(file)) if file is not None else ((f"item {i}", p) for i, p in enumerate(prompts or (), 1))
     )
-    items: list[BatchItem] = []
-    problems: list[str] = []
+    number = 0
     for where, value in raw:
-        if len(items) + len(problems) >= MAX_ITEMS:
-            problems.append(f"more than {MAX_ITEMS} items; split the batch")
-            break
+        number += 1
+        if number > MAX_ITEMS:
+            yield f"more than {MAX_ITEMS} items; split the batch"
+            return
         if isinstance(value, Exception):
-            problems.append(f"{where}: {value}")
+            yield f"{where}: {value}"
             continue
         if isinstance(value, str):
             value = {"prompt": value}
@@ -163,31 +174,76 @@ def load_batch_items(
             kind = {"list": "a list", "str": "text", "int": "a number", "float": "a number"}.get(
                 type(value).__name__, type(value).__name__
             )
-            problems.append(f"{where}: expected an object with a 'prompt', such as {EXAMPLE_LINE}; got {kind}")
+            yield f"{where}: expected an object with a 'prompt', such as {EXAMPLE_LINE}; got {kind}"
             continue
         fields = dict(value)
         model_name = fields.pop("model", None)
         try:
             model = request_model_for(str(model_name)) if model_name else default
         except KeyError as exc:
-            problems.append(f"{where}: model: {exc.args[0]}")
+            yield f"{where}: model: {exc.args[0]}"
             continue
         try:
             if is_csv:
                 fields = _from_csv_row(fields, model)
             if "prompt" not in fields and "multi_prompt" not in fields:
-                problems.append(f"{where}: prompt: missing")
+                yield f"{where}: prompt: missing"
                 continue
             request = model.model_validate(fields)
         except ValidationError as exc:
-            problems.append(f"{where}: {describe_validation_error(exc)}")
+            yield f"{where}: {describe_validation_error(exc)}"
             continue
         except _CellError as exc:
-            problems.append(f"{where}: {exc}")
+            yield f"{where}: {exc}"
             continue
-        items.append(BatchItem(step=f"item-{len(items) + len(problems) + 1:04d}", request=request, source=where))
+        yield BatchItem(step=f"item-{number:04d}", request=request, source=where)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a batch will make, from a full check of its items that kept none of them."""
+
+    items: int
+    estimated_cost: Decimal
+    video_seconds: int
+
+
+def check_batch(
+    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+) -> BatchPlan:
+    """Check every item (all problems together in one :class:`BatchInputError`) and price the batch, holding
+    one item at a time: a batch of any length costs the memory of one item here."""
+    count, cost, seconds = 0, Decimal(0), 0
+    problems: list[str] = []
+    for outcome in _validated(prompts=prompts, file=file, default_model=default_model):
+        if isinstance(outcome, str):
+            problems.append(outcome)
+            continue
+        count += 1
+        cost += estimate_cost(outcome.request)
+        seconds += outcome.request.video_seconds
     if problems:
         raise BatchInputError(problems)
-    if not items:
+    if not count:
         raise BatchInputError(["the batch is empty"])
-    return items
+    return BatchPlan(items=count, estimated_cost=cost, video_seconds=seconds)
+
+
+def iter_batch_items(
+    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+) -> Iterator[BatchItem]:
+    """The validated items, read as they are consumed (check them first with :func:`check_batch`); raises
+    :class:`BatchInputError` on the first problem."""
+    for outcome in _validated(prompts=prompts, file=file, default_model=default_model):
+        if isinstance(outcome, str):
+            raise BatchInputError([outcome])
+        yield outcome
+
+
+def load_batch_items(
+    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+) -> list[BatchItem]:
+    """Validated items from ``prompts`` or ``file`` (exactly one of them), all in a list; raises
+    :class:`BatchInputError` listing every problem. (A big batch runs from :func:`iter_batch_items`.)"""
+    check_batch(prompts=prompts, file=file, default_model=default_model)
+    return list(iter_batch_items(prompts=prompts, file=file, default_model=default_model))

@@ -57,7 +57,7 @@ from kling_prefect.artifacts import (
     publish_run_artifacts,
 )
 from kling_prefect.atomic import atomic_path
-from kling_prefect.batchfile import BatchItem, load_batch_items
+from kling_prefect.batchfile import BatchItem, check_batch, iter_batch_items
 from kling_prefect.exceptions import InvalidInput, ShortAPIError
 from kling_prefect.models import KlingO1ImageToVideo, KlingRequest
 from kling_prefect.planning import (
@@ -69,6 +69,7 @@ from kling_prefect.planning import (
     PlannedImage,
     build_request,
     check_budget,
+    check_estimate,
     check_inline_images,
     check_number,
     check_run_key,
@@ -620,6 +621,11 @@ async def _bounded(
             yield outcome
 
 
+def _item_number(step: str) -> int:
+    """``item-0042`` -> 42: a batch item's place in its input, counted from 1."""
+    return int(step.rsplit("-", 1)[-1])
+
+
 @flow(name="kling-batch", flow_run_name=_run_name, log_prints=True)
 async def batch(
     prompts: list[str | dict[str, Any]] | None = None,
@@ -660,8 +666,10 @@ async def batch(
         output_dir=output_dir,
     )
     check_number("max_concurrency", max_concurrency, minimum=1, maximum=MAX_CONCURRENCY)
-    items = load_batch_items(prompts=prompts, file=file, default_model=model)
-    check_budget([item.request for item in items], max_cost_usd)
+    # Every item checked and the whole batch priced before anything is created, holding one item at a time;
+    # then the items are read again as workers take them: memory follows max_concurrency, not the batch's length.
+    planned = check_batch(prompts=prompts, file=file, default_model=model)
+    check_estimate(planned.estimated_cost, planned.items, max_cost_usd)
     run = await prepare_run(
         run_key=run_key,
         output_dir=output_dir,
@@ -674,15 +682,15 @@ async def batch(
         create_rate_limit=create_rate_limit,
         resubmit_uncertain=resubmit_uncertain,
     )
-    order = {item.step: index for index, item in enumerate(items)}
+    items = iter_batch_items(prompts=prompts, file=file, default_model=model)
     records: list[ClipRecord] = []
-    async for record, _ in _bounded(items, min(int(max_concurrency), len(items)), run):
+    async for record, _ in _bounded(items, min(int(max_concurrency), planned.items), run):
         # A batch holds its records only, not its clips; and the summary shows the first MAX_PICTURES clips'
         # pictures, so the others' are not kept either (a thousand clips' pictures are tens of MB).
-        if order[record.step] >= MAX_PICTURES:
+        if _item_number(record.step) > MAX_PICTURES:
             record = replace(record, thumbnail_data_uri=None, filmstrip_data_uri=None)
         records.append(record)
-    records.sort(key=lambda r: order[r.step])
+    records.sort(key=lambda r: _item_number(r.step))
     result = RunResult(run_key=run.run_key, records=records)
     await _finish("batch", "Kling batch", result, run)
     message = result.describe()

@@ -58,6 +58,7 @@ __all__ = [
     "check_budget",
     "check_cast_fits",
     "check_element_mentions",
+    "check_estimate",
     "check_inline_images",
     "check_number",
     "check_run_key",
@@ -297,15 +298,23 @@ def check_budget(
     """
     listed = list(requests)
     total = sum((estimate_cost(r) for r in listed), Decimal(0))
-    if max_cost_usd is not None:
-        check_number(name, max_cost_usd, minimum=0)
-        budget = Decimal(str(max_cost_usd))
-        if total > budget:
-            raise BudgetExceeded(
-                f"estimated {format_usd(total)} for {len(listed)} job(s) exceeds {name} {format_usd(budget)} by "
-                f"{format_usd(total - budget)}; nothing was created. Raise {name} or make fewer/shorter clips"
-            )
+    check_estimate(total, len(listed), max_cost_usd, name=name)
     return total
+
+
+def check_estimate(
+    total: Decimal, jobs: int, max_cost_usd: float | Decimal | None, *, name: str = "max_cost_usd"
+) -> None:
+    """:func:`check_budget` for an estimate already summed (``jobs`` jobs costing ``total``)."""
+    if max_cost_usd is None:
+        return
+    check_number(name, max_cost_usd, minimum=0)
+    budget = Decimal(str(max_cost_usd))
+    if total > budget:
+        raise BudgetExceeded(
+            f"estimated {format_usd(total)} for {jobs} job(s) exceeds {name} {format_usd(budget)} by "
+            f"{format_usd(total - budget)}; nothing was created. Raise {name} or make fewer/shorter clips"
+        )
 
 
 # --------------------------------------------------------------------------------------------- images and storyboards

@@ -192,6 +192,31 @@ def test_batch_file_problems_are_all_reported_together_and_unreadable_paths_are_
     assert load_batch_items(file=str(tmp_path / "bom.csv"), default_model="kling-o3")[0].request.duration == 5
 
 
+def test_a_batch_is_checked_and_priced_whole_then_read_as_it_is_consumed(tmp_path) -> None:
+    from decimal import Decimal
+
+    from kling_prefect.batchfile import check_batch, iter_batch_items
+
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(f'{{"prompt": "scene {i}", "duration": 5, "mode": "std"}}\n' for i in range(1, 301)))
+    plan = check_batch(file=str(path), default_model="kling-o3")
+    assert (plan.items, plan.estimated_cost, plan.video_seconds) == (300, Decimal("0.071") * 5 * 300, 1500)
+    items = iter_batch_items(file=str(path), default_model="kling-o3")
+    first = next(items)
+    assert (first.step, first.request.prompt) == ("item-0001", "scene 1")
+    # read as consumed: a line far down the file (past any read-ahead) changed after the first item was taken
+    # is what that item is
+    with path.open("r+") as handle:
+        text = handle.read().replace('"scene 290"', '"scene XC"')
+        handle.seek(0)
+        handle.write(text)
+    assert [i.request.prompt for i in items][288:290] == ["scene XC", "scene 291"]
+    assert [i.step for i in load_batch_items(file=str(path), default_model="kling-o3")][-1] == "item-0300"
+    with pytest.raises(BatchInputError) as caught:
+        check_batch(prompts=["ok", "", "fine", {"duration": 5}], default_model="kling-o3")
+    assert [p.split(":")[0] for p in caught.value.problems] == ["item 2", "item 4"]
+
+
 # --------------------------------------------------------------------------------------------- request models
 
 MODEL_CASES: list[tuple[type, dict[str, Any], str]] = [
