@@ -13,6 +13,8 @@ Ways:
 - ``cold``: the batch flow, ``poll_interval`` 5 s, a fresh ``PREFECT_HOME`` (no learned durations).
 - ``warm``: the same, starting from the durations ``cold`` saved (the next run of a deployment).
 - ``default``: the batch flow at the default ``poll_interval`` (2 s), fresh.
+- ``callbacks``: ``cold`` with ``SHORTAPI_CALLBACK_URL`` set (a receiver on loopback that the emulator POSTs to
+  when each job ends): polling is then a fallback for lost callbacks.
 - ``capped@N`` / ``uncapped@N``: the batch flow with N jobs at the default interval, with the default query cap
   (10 per second) and without any: the largest number of queries in any 1-second window, and detection p95.
 - ``memory@N``: the batch flow's process RSS growth with N jobs (``--memory 100,1000``).
@@ -42,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_waiting import (
+    CALLBACK_URL,
     PROMPTS,
     PrefectServer,
     cpu_seconds,
@@ -160,6 +163,7 @@ def run_way(
     durations: Path | None,
     cap: float | None,
     concurrency: int = 0,
+    callbacks: bool = False,
 ) -> dict[str, Any]:
     from kling_prefect.emulator import Emulator
 
@@ -182,6 +186,10 @@ def run_way(
         # The query cap, like every interval, in scaled time: 10 a second is 10 / scale in compressed seconds.
         "SHORTAPI_MAX_QUERIES_PER_SECOND": "0" if cap is None else repr(cap / scale),
     }
+    if callbacks:
+        env["SHORTAPI_CALLBACK_URL"] = CALLBACK_URL
+    else:
+        env.pop("SHORTAPI_CALLBACK_URL", None)
     with Emulator(time_scale=scale, seed=args.seed, job_time=job_time, workdir=workdir / "renders") as emulator:
         env["SHORTAPI_BASE_URL"] = emulator.base_url
         command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--jobs", str(jobs)]
@@ -233,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         default=1.0,
         help="clock compression (1.0: real time; below 1 the cold ways meet priors that are too slow by 1/scale)",
     )
-    parser.add_argument("--ways", default="plain,cold,warm,default", help="of plain,cold,warm,default")
+    parser.add_argument(
+        "--ways", default="plain,cold,warm,default,callbacks", help="of plain,cold,warm,default,callbacks"
+    )
     parser.add_argument("--capped", default="150,200,1000", help="job counts of the capped/uncapped pairs")
     parser.add_argument("--memory", default="100,1000", help="job counts of the memory ways")
     parser.add_argument("--seed", type=int, default=1)
@@ -273,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(("warm", "flow", args.jobs, 5.0, durations, DEFAULT_CAP, 0))
             elif way == "default":
                 plan.append(("default", "flow", args.jobs, 2.0, workdir / "durations-default.json", DEFAULT_CAP, 0))
+            elif way == "callbacks":
+                plan.append(("callbacks", "flow", args.jobs, 5.0, workdir / "durations-cb.json", DEFAULT_CAP, 0))
         for count in [int(c) for c in args.capped.split(",") if c]:
             concurrency = min(count, args.capped_concurrency)
             plan.append(
@@ -284,7 +296,17 @@ def main(argv: list[str] | None = None) -> int:
         for label, kind, jobs, poll, file, cap, concurrency in plan:
             began = time.monotonic()
             row = run_way(
-                label, kind, jobs, poll, args, workdir, server, durations=file, cap=cap, concurrency=concurrency
+                label,
+                kind,
+                jobs,
+                poll,
+                args,
+                workdir,
+                server,
+                durations=file,
+                cap=cap,
+                concurrency=concurrency,
+                callbacks=label == "callbacks",
             )
             rows.append(row)
             print(
@@ -304,7 +326,12 @@ def summarize(rows: list[dict[str, Any]]) -> None:
     plain = by.get("plain")
     print()
     if plain:
-        for label, target_q, target_p in (("cold", 0.8, 1.1), ("warm", 0.5, 1.0), ("default", None, None)):
+        for label, target_q, target_p in (
+            ("cold", 0.8, 1.1),
+            ("warm", 0.5, 1.0),
+            ("default", None, None),
+            ("callbacks", None, None),
+        ):
             row = by.get(label)
             if row is None:
                 continue

@@ -327,7 +327,7 @@ async def text_to_video(
     jobs_limit: str | None = None,
     create_rate_limit: str | None = None,
     resubmit_uncertain: bool = False,
-) -> RunResult:
+) -> State[RunResult] | RunResult:
     """One prompt through any text-to-video model, stored, with its artifacts.
 
     Args:
@@ -369,7 +369,7 @@ async def text_to_video(
     result.records.append(record_for("clip-01", request, clip))
     result.clips.append(clip)
     await _finish("text-to-video", "Kling text-to-video", result, run)
-    return result
+    return Completed(message=result.describe(), data=result)  # the run's state says what it made
 
 
 @flow(name="kling-continuation", flow_run_name=_run_name, log_prints=True)
@@ -394,7 +394,7 @@ async def continuation(
     jobs_limit: str | None = None,
     create_rate_limit: str | None = None,
     resubmit_uncertain: bool = False,
-) -> RunResult:
+) -> State[RunResult] | RunResult:
     """A text-to-video clip, then one ``kling-o1/image-to-video`` continuation per further prompt, each
     starting from the previous clip's last frame; then all clips joined into ``final.mp4``.
 
@@ -467,7 +467,7 @@ async def continuation(
         await _finish("continuation", "Kling continuation", result, run, await seam_pictures(result.clips))
         raise
     await _finish("continuation", "Kling continuation", result, run, await seam_pictures(result.clips))
-    return result
+    return Completed(message=result.describe(), data=result)
 
 
 @flow(name="kling-storyboard", flow_run_name=_run_name, log_prints=True)
@@ -584,7 +584,7 @@ async def storyboard(
             )
         extra = keyframe_markdown(pictures, neighbours)
     await _finish("storyboard", "Kling storyboard", result, run, extra=extra)
-    return result
+    return Completed(message=result.describe(), data=result)
 
 
 async def _bounded(

@@ -647,15 +647,3 @@ def test_tasks_under_the_dask_task_runner(vendor_env, tmp_path) -> None:
     )
     check_stored(videos, vendor_env, 2)
     assert pid != os.getpid() and address.startswith("tcp://"), "the tasks did not run in a Dask worker process"
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_tasks_under_the_ray_task_runner(vendor_env, tmp_path) -> None:
-    prefect_ray = pytest.importorskip("prefect_ray")
-
-    @flow(task_runner=prefect_ray.RayTaskRunner(init_kwargs={"num_cpus": 2}))
-    def ray_tasks(prompts: list[str], run_key: str, directory: str) -> list[StoredVideo]:
-        return run_tasks(prompts, run_key, directory)
-
-    videos = ray_tasks(["A fox in snow", "Rain on neon streets"], f"ray-{uuid.uuid4().hex[:8]}", str(tmp_path))
-    check_stored(videos, vendor_env, 2)

@@ -59,6 +59,7 @@ async def test_job_events_name_the_job_and_relate_to_the_flow_run(tmp_path: Path
     state = await text_to_video(
         "A lighthouse at dawn", duration=3, run_key="events-ok", output_dir=str(tmp_path), return_state=True, **FAST
     )
+    assert state.is_completed() and state.message == "1 of 1 clip stored"
     result = await state.aresult()
     (record,) = result.records
     flow_run_id = state.state_details.flow_run_id

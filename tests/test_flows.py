@@ -56,6 +56,7 @@ async def test_continuation_joins_clips_with_continuous_seams(emulator, tmp_path
     state = await continuation(
         prompts, duration=3, run_key="seams", output_dir=str(tmp_path), return_state=True, **FAST
     )
+    assert state.is_completed() and state.message == "3 of 3 clips stored"  # the run's state says what it made
     result = await state.aresult()
 
     clips = [Path(c.video.local_path) for c in result.clips]

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from prefect.blocks.core import Block
+from prefect.states import State
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from pydantic import ValidationError
 
@@ -87,8 +88,10 @@ def test_the_public_surface_is_exactly_the_curated_names() -> None:
 def test_everything_a_flow_returns_or_raises_is_public() -> None:
     from kling_prefect import flows
 
-    returned = {typing.get_type_hints(f.fn)["return"] for f in (flows.text_to_video, flows.continuation)}
-    assert returned == {kling_prefect.RunResult}
+    every_flow = (flows.text_to_video, flows.continuation, flows.storyboard, flows.batch)
+    returned = {typing.get_type_hints(f.fn)["return"] for f in every_flow}
+    # A flow returns its RunResult inside the final state (whose message says what it made).
+    assert returned == {State[kling_prefect.RunResult] | kling_prefect.RunResult}
     for error in ("InvalidInput", "BatchInputError", "BudgetExceeded", "ConcurrencyLimitUnavailable", "RunIncomplete"):
         assert issubclass(getattr(kling_prefect, error), Exception), error
     assert kling_prefect.StoredVideo is tasks.StoredVideo and kling_prefect.SubmittedJob is tasks.SubmittedJob

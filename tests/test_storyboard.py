@@ -90,6 +90,7 @@ async def test_storyboard_passes_through_every_keyframe_and_resumes_without_payi
     state = await storyboard(
         keyframes, prompts, duration=3, run_key="board", output_dir=str(out), return_state=True, **FAST
     )
+    assert state.is_completed() and state.message == "2 of 2 clips stored"
     result = await state.aresult()
 
     # Two creates, each a 'frame' clip from keyframe k to keyframe k+1, the local files sent inline.
