@@ -230,13 +230,26 @@ def check_batch(
 
 
 def iter_batch_items(
-    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+    *,
+    prompts: list[str | dict[str, Any]] | None = None,
+    file: str | None = None,
+    default_model: str,
+    checked: BatchPlan | None = None,
 ) -> Iterator[BatchItem]:
     """The validated items, read as they are consumed (check them first with :func:`check_batch`); raises
-    :class:`BatchInputError` on the first problem."""
-    for outcome in _validated(prompts=prompts, file=file, default_model=default_model):
+    :class:`BatchInputError` on the first problem. With ``checked`` (that check's plan), an item beyond the
+    ones checked and priced is refused: a file that grew while the batch ran never spends past its budget."""
+    for count, outcome in enumerate(_validated(prompts=prompts, file=file, default_model=default_model), 1):
         if isinstance(outcome, str):
             raise BatchInputError([outcome])
+        if checked is not None and count > checked.items:
+            where = file or "prompts"
+            raise BatchInputError(
+                [
+                    f"{where}: {outcome.source} is beyond the {checked.items} items checked before the run (the "
+                    "input changed while the batch ran); nothing past them was made: run the new items as a batch"
+                ]
+            )
         yield outcome
 
 

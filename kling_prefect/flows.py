@@ -58,7 +58,7 @@ from kling_prefect.artifacts import (
 )
 from kling_prefect.atomic import atomic_path
 from kling_prefect.batchfile import BatchItem, check_batch, iter_batch_items
-from kling_prefect.exceptions import InvalidInput, ShortAPIError
+from kling_prefect.exceptions import BatchInputError, InvalidInput, ShortAPIError
 from kling_prefect.models import KlingO1ImageToVideo, KlingRequest
 from kling_prefect.planning import (
     DEFAULT_MODEL,
@@ -593,13 +593,23 @@ async def _bounded(
     """Make the items' clips, at most ``limit`` at once, yielding each record as its clip ends.
 
     Workers pull items from one iterator, so a batch holds ``limit`` clips in flight, not one coroutine per item.
+    An input that turns bad while the batch runs (a file read as workers take its items) stops the taking of new
+    items; the clips in flight end and are yielded, then its :class:`BatchInputError` is raised.
     """
     queue: asyncio.Queue[tuple[ClipRecord, StoredVideo | None] | None] = asyncio.Queue()
     source = iter(items)
+    stopped: list[BatchInputError] = []
     logger = get_run_logger()
 
     async def worker() -> None:
-        for item in source:  # shared iterator: each item is taken by one worker
+        while not stopped:
+            try:
+                item = next(source)  # shared iterator: each item is taken by one worker
+            except StopIteration:
+                break
+            except BatchInputError as exc:
+                stopped.append(exc)
+                break
             try:
                 clip = await generate_video(item.request, run_key=run.run_key, step=item.step, **run.options)
             except Exception as exc:  # one prompt's failure must not lose the others
@@ -619,6 +629,8 @@ async def _bounded(
                 finished += 1
                 continue
             yield outcome
+    if stopped:
+        raise stopped[0]
 
 
 def _item_number(step: str) -> int:
@@ -682,18 +694,26 @@ async def batch(
         create_rate_limit=create_rate_limit,
         resubmit_uncertain=resubmit_uncertain,
     )
-    items = iter_batch_items(prompts=prompts, file=file, default_model=model)
+    items = iter_batch_items(prompts=prompts, file=file, default_model=model, checked=planned)
     records: list[ClipRecord] = []
-    async for record, _ in _bounded(items, min(int(max_concurrency), planned.items), run):
-        # A batch holds its records only, not its clips; and the summary shows the first MAX_PICTURES clips'
-        # pictures, so the others' are not kept either (a thousand clips' pictures are tens of MB).
-        if _item_number(record.step) > MAX_PICTURES:
-            record = replace(record, thumbnail_data_uri=None, filmstrip_data_uri=None)
-        records.append(record)
+    stopped: BatchInputError | None = None
+    try:
+        async for record, _ in _bounded(items, min(int(max_concurrency), planned.items), run):
+            # A batch holds its records only, not its clips; and the summary shows the first MAX_PICTURES clips'
+            # pictures, so the others' are not kept either (a thousand clips' pictures are tens of MB).
+            if _item_number(record.step) > MAX_PICTURES:
+                record = replace(record, thumbnail_data_uri=None, filmstrip_data_uri=None)
+            records.append(record)
+    except BatchInputError as exc:  # the clips already made are stored: report them, then fail
+        stopped = exc
     records.sort(key=lambda r: _item_number(r.step))
     result = RunResult(run_key=run.run_key, records=records)
     await _finish("batch", "Kling batch", result, run)
     message = result.describe()
+    if stopped is not None:
+        message += f"; stopped: {stopped.problems[0]}"
+        get_run_logger().error("the batch stopped taking items: %s", stopped.problems[0])
+        return Failed(message=message, data=RunIncomplete(result))
     if result.failed and fail_on_error:
         return Failed(message=message, data=RunIncomplete(result))
     return Completed(message=message, data=result)

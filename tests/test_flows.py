@@ -251,6 +251,35 @@ async def test_batch_fails_the_run_after_storing_the_others(emulator, tmp_path) 
     assert artifacts["kling-batch-summary"].data.startswith("# Kling batch: 2 of 3 clips stored")
 
 
+async def test_a_batch_file_that_grows_while_it_runs_never_spends_past_what_was_checked(emulator, tmp_path) -> None:
+    # The file is read as workers take its items: lines added after the check must not be made (nor paid for).
+    file = tmp_path / "prompts.jsonl"
+    file.write_text('{"prompt": "one", "duration": 3}\n{"prompt": "two", "duration": 3}\n')
+
+    def grow() -> None:
+        deadline = time.monotonic() + 60
+        while emulator.stats().creates < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        with file.open("a") as handle:
+            handle.write('{"prompt": "three", "duration": 3}\n{"prompt": "four", "duration": 3}\n')
+
+    grower = threading.Thread(target=grow, daemon=True)
+    grower.start()
+    state = await batch(
+        file=str(file), max_concurrency=1, run_key="grows", output_dir=str(tmp_path / "out"), return_state=True, **FAST
+    )
+    grower.join()
+    assert state.is_failed()
+    assert (
+        state.message.startswith("2 of 2 clips stored; stopped: ") and "line 3 is beyond the 2 items" in state.message
+    )
+    assert prompts_created(emulator) == ["one", "two"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["item-0001.mp4", "item-0002.mp4"]
+    with pytest.raises(RunIncomplete) as caught:
+        await state.aresult()
+    assert [r.status for r in caught.value.result.records] == ["stored", "stored"]
+
+
 async def test_store_task_retries_after_the_clients_own_retries_are_exhausted(emulator, tmp_path) -> None:
     # Seven truncated downloads: the client gives up after its 6 attempts, the store task retries once more.
     emulator.inject("truncate", endpoint="download", times=7)
