@@ -288,6 +288,8 @@ def test_the_checks_catch_a_file_picture_and_a_wide_table(
 
 
 def test_a_chain_leaves_a_few_findable_artifacts(ui_server: PrefectServer, ids: dict[str, str]) -> None:
+    run = api(ui_server, "GET", f"/flow_runs/{ids['chain_run']}")
+    assert (run["state"]["type"], run["state"]["message"]) == ("COMPLETED", "3 of 3 clips stored")
     found = artifacts_of(ui_server, ids["chain_run"])
     flow_level = {a["key"]: a for a in found if a["type"] != "progress"}
     progress = {a["key"]: a for a in found if a["type"] == "progress"}
