@@ -4,16 +4,19 @@ There is no idempotency key at the vendor and no cancel: a second ``job/create``
 second charge. What makes a step safe to repeat is remembered in Prefect's result storage (where the cached
 submissions live too), keyed like the step itself: run key + step + request (:func:`step_key`).
 
-- **Create in flight** (:meth:`StepLedger.note_create_sending`): written before the POST, cleared once its
-  answer is known. If it is still there on a later attempt, the create may have been accepted without its
-  answer being recorded (a timeout after sending, a reset, the process killed mid-request), so
-  :meth:`StepLedger.refuse_if_uncertain` refuses to send the step again, naming when, until the caller says
-  ``resubmit_uncertain=True`` after checking the vendor's dashboard.
+- **Create in flight** (:meth:`StepLedger.note_create_sending`): written before the POST. If it is still
+  there on a later attempt, the create may have been accepted without its answer being recorded (a timeout
+  after sending, a reset, the process killed mid-request), so :meth:`StepLedger.before_create` refuses to send
+  the step again, naming when, until the caller says ``resubmit_uncertain=True`` after checking the vendor's
+  dashboard. A refusal clears it (no job was created).
+- **Created job** (:meth:`StepLedger.note_created`): the vendor's answer replaces the note the moment it
+  arrives, before the submit task returns and Prefect caches its result. An attempt that finds it (that result
+  was never saved: the process killed just after the answer, a result-storage failure) resumes that job.
 - **Unresolved job** (:meth:`StepLedger.note_unresolved`): a job that answered with a status the documents
   do not define. Later attempts ask about that job again instead of paying for the step again.
 
-The job id itself is remembered by the cached result of the submit task
-(:class:`~kling_prefect.tasks.submit.JobSubmissionKey`, same key material).
+The cached result of the submit task (:class:`~kling_prefect.tasks.submit.JobSubmissionKey`, same key
+material) remembers the job too; it is what a retry or re-run normally finds first.
 """
 
 from __future__ import annotations
@@ -115,9 +118,13 @@ class StepLedger:
             },
         )
 
-    async def note_create_answered(self) -> None:
-        """The vendor answered the create (with a job id, or a refusal): nothing is uncertain any more."""
+    async def note_create_refused(self) -> None:
+        """The create was refused, or never sent: no job was created, nothing is uncertain any more."""
         await self._write("uncertain-create", None)
+
+    async def note_created(self, job: SubmittedJob) -> None:
+        """The vendor answered with a job: remembered at once, in place of the in-flight note."""
+        await self._write("uncertain-create", job)
 
     async def note_create_uncertain(self, error: JobMayHaveBeenCreated) -> None:
         """The create may have been accepted: keep the note, with what happened."""
@@ -126,12 +133,23 @@ class StepLedger:
             {"run_key": self.run_key, "step": self.step, "noted_at": time.time(), "message": str(error)[:500]},
         )
 
-    async def refuse_if_uncertain(self) -> None:
-        """Raise :class:`JobMayHaveBeenCreated` (sending nothing) when an earlier create of this step may have
-        been accepted."""
+    async def before_create(
+        self, *, resubmit_uncertain: bool = False, replacing: str | None = None
+    ) -> SubmittedJob | None:
+        """What an earlier create of this step left: the job it made (to resume instead of paying again), or
+        ``None`` (create). Raises :class:`JobMayHaveBeenCreated` (sending nothing) when an earlier create may
+        have been accepted, unless ``resubmit_uncertain``.
+
+        Args:
+            resubmit_uncertain: the caller checked the vendor's dashboard: an uncertain create is no reason to
+                refuse.
+            replacing: the id of a job that failed at the vendor and is being replaced: not resumed.
+        """
         note = await self._read("uncertain-create")
-        if note is None:
-            return
+        if isinstance(note, SubmittedJob):
+            return None if note.job_id == replacing else note
+        if note is None or resubmit_uncertain:
+            return None
         details = note if isinstance(note, dict) else {"message": str(note)}
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(details.get("noted_at", 0))))
         raise JobMayHaveBeenCreated(

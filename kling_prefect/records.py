@@ -31,6 +31,8 @@ class SubmittedJob:
     video_seconds: int
     created_at: float
     callback_url: str | None = None  # given to the vendor: the wait listens for it (see kling_prefect.callbacks)
+    #: Returned from the step's ledger: an earlier attempt created it, and its cached submission was never saved.
+    remembered: bool = False
 
     @property
     def kind(self) -> JobKind:

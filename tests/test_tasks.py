@@ -122,3 +122,28 @@ async def test_a_store_without_its_cached_result_finds_the_clip_and_rewrites_not
     downloads = emu.stats().downloads
     first, second = await store_twice("rk-D")
     assert first == second and emu.stats().downloads == downloads + 1  # the second store fetched nothing
+
+
+async def test_a_submission_whose_cached_result_was_never_saved_resumes_its_job(
+    vendor_env, tmp_path, monkeypatch
+) -> None:
+    """The job id is in the step's ledger the moment the vendor answers: an attempt that finds no cached
+    submission (the process killed just after the answer, a result-storage failure) resumes it, pays nothing."""
+    from kling_prefect.tasks import submit_kling_job
+
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+
+    @flow
+    async def submit_without_cache(run_key: str) -> tuple[str, str, bool, bool]:
+        uncached = submit_kling_job.with_options(refresh_cache=True)  # as if no cached result had been saved
+        first = await uncached(REQUEST, run_key=run_key, step="clip")
+        second = await uncached(REQUEST, run_key=run_key, step="clip")
+        clip = await generate_video(REQUEST, run_key=run_key, **FAST)
+        return first.job_id, second.job_id, second.remembered, clip.resumed
+
+    before = emu.stats().create_requests
+    first, second, remembered, resumed = await submit_without_cache("rk-E")
+    assert first == second and remembered and resumed
+    assert emu.stats().create_requests == before + 1
+    assert media.is_decodable_mp4(tmp_path / "kling-output" / "rk-E" / "clip.mp4")

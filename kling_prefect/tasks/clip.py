@@ -108,9 +108,10 @@ async def generate_video(
             poll_interval=poll_interval,
         )
 
-    async def submit(refresh: bool = False) -> tuple[SubmittedJob, bool]:
-        """The step's job and whether it was remembered (created by an earlier attempt or run)."""
-        submitter = submit_kling_job.with_options(refresh_cache=True) if refresh else submit_kling_job
+    async def submit(replacing: str | None = None) -> tuple[SubmittedJob, bool]:
+        """The step's job and whether it was remembered (created by an earlier attempt or run); ``replacing``:
+        the id of a failed job to submit the step again for (its cached submission is not reused)."""
+        submitter = submit_kling_job.with_options(refresh_cache=True) if replacing else submit_kling_job
         state: State[SubmittedJob] = await submitter(  # type: ignore[misc]  # an async task: a coroutine
             request,
             run_key=run_key,
@@ -119,10 +120,11 @@ async def generate_video(
             callback_url=options.get("callback_url"),
             create_rate_limit=options.get("create_rate_limit"),
             resubmit_uncertain=options.get("resubmit_uncertain", False),
+            replacing=replacing,
             return_state=True,
         )
         job: SubmittedJob = await state.aresult()
-        return job, state.name == "Cached"
+        return job, state.name == "Cached" or job.remembered
 
     ledger = StepLedger(run_key, step, request)
     resume = await ledger.unresolved_job()
@@ -149,7 +151,7 @@ async def generate_video(
                     if noted_unresolved:
                         await ledger.clear_unresolved()
                         noted_unresolved = False
-                    job, remembered = await submit(refresh=True)
+                    job, remembered = await submit(replacing=job.job_id)
                     finished = await wait(job)
             stored: StoredVideo = await store_kling_video(
                 finished, storage=storage, credentials_block=credentials_block

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -51,6 +51,7 @@ async def submit_kling_job(
     callback_url: str | None = None,
     create_rate_limit: str | None = None,
     resubmit_uncertain: bool = False,
+    replacing: str | None = None,
 ) -> SubmittedJob:
     """Create one job at the vendor, exactly once per (``run_key``, ``step``, request).
 
@@ -58,7 +59,9 @@ async def submit_kling_job(
     same job back without running this body. When the body runs, it first reads the step's ledger
     (:mod:`kling_prefect.ledger`): if an earlier attempt's create may have been accepted, it raises
     ``JobMayHaveBeenCreated`` and sends nothing, unless ``resubmit_uncertain``. It notes the create before
-    the POST and clears the note on the vendor's answer.
+    the POST and replaces the note with the job the moment the vendor answers, so an attempt whose cached result
+    was never saved resumes that job (``replacing``: the id of a job that failed at the vendor, which a
+    resubmission replaces instead of resuming).
 
     Raises ``JobMayHaveBeenCreated`` when the create failed after the request was sent; it is not retried.
     ``create_rate_limit`` names a Prefect rate limit taken before the create.
@@ -77,8 +80,12 @@ async def submit_kling_job(
     """
     logger = get_run_logger()
     ledger = StepLedger(run_key, step, request)
-    if not resubmit_uncertain:
-        await ledger.refuse_if_uncertain()
+    earlier = await ledger.before_create(resubmit_uncertain=resubmit_uncertain, replacing=replacing)
+    if earlier is not None:
+        logger.warning(
+            "%s: resuming job %s, created by an earlier attempt (nothing is paid again)", step, earlier.job_id
+        )
+        return replace(earlier, remembered=True)
     await create_rate_slot(create_rate_limit)
     client = await open_client(credentials_block)
     await ledger.note_create_sending()  # if this process dies while the request is out, later attempts know
@@ -89,17 +96,8 @@ async def submit_kling_job(
             await ledger.note_create_uncertain(exc)
             raise
         except ShortAPIError:
-            await ledger.note_create_answered()  # refused, or never sent: no job was created
+            await ledger.note_create_refused()
             raise
-    await ledger.note_create_answered()  # the job id is cached with this task's result
-    logger.info(
-        "created %s job %s for step %r (estimated %s, vendor amount %s)",
-        request.model_id,
-        created.job_id,
-        step,
-        format_usd(created.estimated_cost),
-        format_usd(created.amount),
-    )
     submitted = SubmittedJob(
         job_id=created.job_id,
         model=request.model_id,
@@ -111,6 +109,15 @@ async def submit_kling_job(
         video_seconds=created.video_seconds,
         created_at=created.created_at,
         callback_url=created.callback_url,
+    )
+    await ledger.note_created(submitted)  # the job id, the moment it exists
+    logger.info(
+        "created %s job %s for step %r (estimated %s, vendor amount %s)",
+        request.model_id,
+        created.job_id,
+        step,
+        format_usd(created.estimated_cost),
+        format_usd(created.amount),
     )
     events.emit_job_event(events.JOB_CREATED, submitted)
     progress.emit(progress.ProgressEvent(run_key, step, "queued", 0.02, created.job_id))
