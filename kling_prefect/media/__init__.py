@@ -39,6 +39,7 @@ from kling_prefect.media.frames import (
     side_by_side,
     thumbnail,
     thumbnail_data_uri,
+    thumbnails,
     video_frame_to_rgb,
 )
 from kling_prefect.media.join import JoinResult, join_clips
@@ -80,5 +81,6 @@ __all__ = [
     "side_by_side",
     "thumbnail",
     "thumbnail_data_uri",
+    "thumbnails",
     "video_frame_to_rgb",
 ]

@@ -66,6 +66,7 @@ __all__ = [
     "tag_bt601",
     "thumbnail",
     "thumbnail_data_uri",
+    "thumbnails",
     "video_frame_to_rgb",
 ]
 
@@ -349,15 +350,24 @@ def thumbnail(video_path: StrPath, width: int = 320, height: int | None = None) 
 
     Both output dimensions are even (odd bounds are rounded to the nearest even number).
     """
-    if width < 2 or (height is not None and height < 2):
+    (picture,) = thumbnails(video_path, [(width, height)])
+    return picture
+
+
+def thumbnails(video_path: StrPath, boxes: Sequence[tuple[int, int | None]]) -> list[np.ndarray]:
+    """:func:`thumbnail` at each ``(width, height)`` of ``boxes``, from one decode of the middle frame."""
+    if any(width < 2 or (height is not None and height < 2) for width, height in boxes):
         raise ValueError("width and height must be >= 2")
     (frame,) = frames_shown_at(video_path, [probe(video_path).duration_seconds / 2])
-    out_w = even(width)
-    out_h = even(out_w * frame.height / frame.width)
-    if height is not None and out_h > height:
-        out_h = even(height)
-        out_w = even(out_h * frame.width / frame.height)
-    return video_frame_to_rgb(frame, out_w, out_h)
+    pictures = []
+    for width, height in boxes:
+        out_w = even(width)
+        out_h = even(out_w * frame.height / frame.width)
+        if height is not None and out_h > height:
+            out_h = even(height)
+            out_w = even(out_h * frame.width / frame.height)
+        pictures.append(video_frame_to_rgb(frame, out_w, out_h))
+    return pictures
 
 
 def make_thumbnail(video_path: StrPath, png_path: StrPath, width: int = 320) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -45,8 +44,11 @@ class StoredVideoKey(CachePolicy):
         return "kling-store-" + hashlib.sha256(material.encode()).hexdigest()
 
 
-def _thumbnail_uri(video: Path, box: tuple[int, int]) -> str:
-    return media.thumbnail_data_uri(video, width=box[0], height=box[1])
+def _pictures(video: Path) -> tuple[bytes, str, str]:
+    """The thumbnail file's JPEG, the summary's inline thumbnail and the filmstrip (one decode of the middle
+    frame for both thumbnails)."""
+    stored, inline = media.thumbnails(video, [THUMBNAIL_BOX, SUMMARY_THUMBNAIL_BOX])
+    return media.encode_jpeg(stored), media.jpeg_data_uri(inline), media.filmstrip_data_uri(video)
 
 
 def _record(stored: StoredVideo) -> dict[str, Any]:
@@ -146,16 +148,14 @@ async def store_kling_video(
         local.unlink(missing_ok=True)
         raise DownloadFailed("the downloaded result is not a decodable MP4 video", job_id=submitted.job_id)
     info = await anyio.to_thread.run_sync(media.probe, local)
-    thumbnail_uri = filmstrip_uri = file_uri = None
+    thumbnail_uri = filmstrip_uri = thumbnail_jpeg = None
     if pictures:
-        file_uri = await anyio.to_thread.run_sync(_thumbnail_uri, local, THUMBNAIL_BOX)
-        thumbnail_uri = await anyio.to_thread.run_sync(_thumbnail_uri, local, SUMMARY_THUMBNAIL_BOX)
-        filmstrip_uri = await anyio.to_thread.run_sync(media.filmstrip_data_uri, local)
+        thumbnail_jpeg, thumbnail_uri, filmstrip_uri = await anyio.to_thread.run_sync(_pictures, local)
     stored_video = await store.put(local, chosen, move=True)
     thumbnail = None
-    if file_uri:
+    if thumbnail_jpeg:
         thumb_file = downloads / f"{safe_name(submitted.job_id)}.thumb.jpg"
-        thumb_file.write_bytes(base64.b64decode(file_uri.split(",", 1)[1]))
+        thumb_file.write_bytes(thumbnail_jpeg)
         thumbnail = await store.put(thumb_file, chosen.rsplit(".", 1)[0] + ".thumb.jpg", move=True)
     stored = StoredVideo(
         submitted=submitted,
