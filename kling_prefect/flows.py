@@ -361,7 +361,7 @@ async def text_to_video(
     )
     result = RunResult(run_key=run.run_key, records=[])
     try:
-        clip = await generate_video(request, run_key=run.run_key, step="clip-01", **run.options)
+        clip = await generate_video.aio(request, run_key=run.run_key, step="clip-01", **run.options)
     except ShortAPIError as exc:
         result.records.append(record_for("clip-01", request, error=exc))
         await _finish("text-to-video", "Kling text-to-video", result, run)
@@ -448,7 +448,7 @@ async def continuation(
     request: KlingRequest = first
     step = "clip-01"
     try:
-        result.clips.append(await generate_video(first, run_key=run.run_key, step=step, **run.options))
+        result.clips.append(await generate_video.aio(first, run_key=run.run_key, step=step, **run.options))
         result.records.append(record_for(step, first, result.clips[-1]))
         for index, continuation_request in enumerate(continuations, start=2):
             step = f"clip-{index:02d}"
@@ -456,7 +456,7 @@ async def continuation(
             request = KlingO1ImageToVideo.model_validate(
                 {**continuation_request.to_args(), "images": [frame_url], **elements}
             )
-            result.clips.append(await generate_video(request, run_key=run.run_key, step=step, **run.options))
+            result.clips.append(await generate_video.aio(request, run_key=run.run_key, step=step, **run.options))
             result.records.append(record_for(step, request, result.clips[-1]))
         if len(result.clips) > 1:
             result.final = await join_and_store(result.clips, run.storage, run.run_key)
@@ -611,7 +611,7 @@ async def _bounded(
                 stopped.append(exc)
                 break
             try:
-                clip = await generate_video(item.request, run_key=run.run_key, step=item.step, **run.options)
+                clip = await generate_video.aio(item.request, run_key=run.run_key, step=item.step, **run.options)
             except Exception as exc:  # one prompt's failure must not lose the others
                 logger.error("%s failed: %s", item.step, exc)
                 await queue.put((record_for(item.step, item.request, error=exc), None))

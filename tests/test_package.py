@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import typing
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 import kling_prefect
 from kling_prefect import ShortAPICredentials, estimate_cost, tasks
 from kling_prefect.cli import build_parser
+from kling_prefect.dispatch import Dispatching
 from kling_prefect.emulator import JOB_TIME_TABLE, base_job_seconds
 from kling_prefect.models import REQUEST_MODELS, KlingRequest, request_model_for
 from kling_prefect.waiting import DurationModel, JobKind
@@ -167,9 +169,10 @@ def test_the_cli_offers_the_models_of_the_table() -> None:
 @pytest.mark.parametrize("model", REQUEST_MODELS, ids=lambda m: m.short_name)
 def test_each_per_model_helper_has_the_models_fields_as_typed_parameters(model: type[KlingRequest]) -> None:
     helper = getattr(tasks, model.facts.helper)
-    assert inspect.iscoroutinefunction(helper)
+    # one async implementation (``.aio``); the helper itself runs to its result from sync code
+    assert isinstance(helper, Dispatching) and inspect.iscoroutinefunction(helper.aio)
     parameters = inspect.signature(helper).parameters
-    hints = typing.get_type_hints(helper, include_extras=True)
+    hints = typing.get_type_hints(helper.aio, include_extras=True)
     for name, field in model.model_fields.items():
         assert name in parameters, f"{helper.__name__} lacks {name}"
         parameter = parameters[name]
@@ -277,3 +280,19 @@ def test_money_is_written_one_way() -> None:
         "$1,234.50",
     ]
     assert format_usd(None) == "n/a"
+
+
+def test_no_tracked_file_holds_an_unresolved_merge() -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    markers = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
+    found = [
+        name
+        for name in files
+        if (root / name).is_file()
+        and (root / name).suffix not in {".png", ".jpg", ".mp4"}
+        and markers.search((root / name).read_text(errors="replace"))
+    ]
+    assert found == []

@@ -147,3 +147,65 @@ async def test_a_submission_whose_cached_result_was_never_saved_resumes_its_job(
     assert first == second and remembered and resumed
     assert emu.stats().create_requests == before + 1
     assert media.is_decodable_mp4(tmp_path / "kling-output" / "rk-E" / "clip.mp4")
+
+
+# -- the same promises from sync code: most users write sync flows
+
+
+@flow
+def my_sync_clip(run_key: str, resubmit_uncertain: bool = False) -> str:
+    """A sync flow: the clip path runs and returns its result (no await)."""
+    clip = generate_video(REQUEST, run_key=run_key, resubmit_uncertain=resubmit_uncertain, **FAST)
+    return str(clip.local_path)
+
+
+@flow
+def my_sync_helper_clip(run_key: str, resubmit_uncertain: bool = False) -> str:
+    clip = kling_o3_text_to_video(
+        prompt="A kite at dusk", duration=3, mode="std", run_key=run_key, resubmit_uncertain=resubmit_uncertain, **FAST
+    )
+    return str(clip.local_path)
+
+
+@pytest.mark.parametrize("user_flow", [my_sync_clip, my_sync_helper_clip], ids=["generate_video", "helper"])
+def test_a_sync_flow_makes_its_clip_pays_an_ambiguous_create_once_and_resumes(
+    vendor_env, fast_retries, tmp_path, monkeypatch, user_flow
+) -> None:
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+    emu.inject("drop_after_create", times=1)
+    first = user_flow("rk-sync-ambiguous", return_state=True)
+    assert first.is_failed()
+    with pytest.raises(JobMayHaveBeenCreated, match="may have been accepted"):
+        first.result()
+    again = user_flow("rk-sync-ambiguous", return_state=True)
+    with pytest.raises(JobMayHaveBeenCreated, match="not submitted again"):
+        again.result()
+    assert emu.stats().create_requests == 1
+    path = Path(user_flow("rk-sync-ambiguous", resubmit_uncertain=True))
+    assert emu.stats().create_requests == 2 and media.is_decodable_mp4(path)
+    assert path == tmp_path / "kling-output" / "rk-sync-ambiguous" / "clip.mp4"
+    before = emu.stats()
+    assert Path(user_flow("rk-sync-ambiguous")) == path  # a re-run resumes: nothing created or downloaded
+    after = emu.stats()
+    assert (after.create_requests, after.downloads) == (before.create_requests, before.downloads)
+
+
+def test_the_three_tasks_run_from_a_sync_flow_and_submit_works_too(vendor_env, tmp_path, monkeypatch) -> None:
+    from kling_prefect.tasks import store_kling_video, submit_kling_job, wait_for_kling_job
+
+    emu = vendor_env
+    monkeypatch.chdir(tmp_path)
+
+    @flow
+    def pieces(run_key: str) -> tuple[str, str, str]:
+        job = submit_kling_job(REQUEST, run_key=run_key, step="clip")
+        finished = wait_for_kling_job(job, poll_interval=0.05, timeout=60.0)
+        stored = store_kling_video(finished)
+        again = submit_kling_job.submit(REQUEST, run_key=run_key, step="clip").result()  # cached: same job
+        return job.job_id, again.job_id, str(stored.local_path)
+
+    before = emu.stats().create_requests
+    job_id, again_id, path = pieces("rk-sync-pieces")
+    assert job_id == again_id and emu.stats().create_requests == before + 1
+    assert media.is_decodable_mp4(Path(path))

@@ -26,6 +26,7 @@ from prefect.client.schemas.objects import State
 from typing_extensions import TypedDict, Unpack
 
 from kling_prefect.concurrency import job_slot
+from kling_prefect.dispatch import dispatching
 from kling_prefect.exceptions import JobFailed, JobMayHaveBeenCreated, ShortAPIError, TransientError, UnknownJobStatus
 from kling_prefect.ledger import StepLedger
 from kling_prefect.models import KlingRequest
@@ -68,6 +69,7 @@ class ClipOptions(TypedDict, total=False):
     resubmit_uncertain: bool
 
 
+@dispatching
 async def generate_video(
     request: KlingRequest, *, run_key: str, step: str = "clip", **options: Unpack[ClipOptions]
 ) -> StoredVideo:
@@ -101,18 +103,19 @@ async def generate_video(
     poll_interval = options.get("poll_interval", 2.0)
 
     async def wait(job: SubmittedJob) -> FinishedJob:
-        return await wait_for_kling_job(
+        finished: FinishedJob = await wait_for_kling_job(
             job,
             credentials_block=credentials_block,
             timeout=options.get("timeout", 3600.0),
             poll_interval=poll_interval,
         )
+        return finished
 
     async def submit(replacing: str | None = None) -> tuple[SubmittedJob, bool]:
         """The step's job and whether it was remembered (created by an earlier attempt or run); ``replacing``:
         the id of a failed job to submit the step again for (its cached submission is not reused)."""
         submitter = submit_kling_job.with_options(refresh_cache=True) if replacing else submit_kling_job
-        state: State[SubmittedJob] = await submitter(  # type: ignore[misc]  # an async task: a coroutine
+        state: State[SubmittedJob] = await submitter(  # an async task here: awaited
             request,
             run_key=run_key,
             step=step,

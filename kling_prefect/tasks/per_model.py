@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from typing_extensions import Unpack
 
+from kling_prefect.dispatch import dispatching
 from kling_prefect.models import (
     Element,
     Kling26TextToVideo,
@@ -58,6 +59,7 @@ def _request(model: type[KlingRequest], arguments: Mapping[str, Any]) -> KlingRe
     return model.model_validate(fields)
 
 
+@dispatching
 async def kling_o1_text_to_video(
     *,
     run_key: str,
@@ -70,9 +72,10 @@ async def kling_o1_text_to_video(
 ) -> StoredVideo:
     """Make one ``kwaivgi/kling-o1/text-to-video`` clip (see :class:`~kling_prefect.models.KlingO1TextToVideo`)."""
     request = _request(KlingO1TextToVideo, locals())
-    return await generate_video(request, run_key=run_key, step=step, **options)
+    return await generate_video.aio(request, run_key=run_key, step=step, **options)
 
 
+@dispatching
 async def kling_o3_text_to_video(
     *,
     run_key: str,
@@ -89,9 +92,10 @@ async def kling_o3_text_to_video(
 ) -> StoredVideo:
     """Make one ``kwaivgi/kling-o3/text-to-video`` clip (see :class:`~kling_prefect.models.KlingO3TextToVideo`)."""
     request = _request(KlingO3TextToVideo, locals())
-    return await generate_video(request, run_key=run_key, step=step, **options)
+    return await generate_video.aio(request, run_key=run_key, step=step, **options)
 
 
+@dispatching
 async def kling_o1_image_to_video(
     *,
     run_key: str,
@@ -107,9 +111,10 @@ async def kling_o1_image_to_video(
 ) -> StoredVideo:
     """Make one ``kwaivgi/kling-o1/image-to-video`` clip (see :class:`~kling_prefect.models.KlingO1ImageToVideo`)."""
     request = _request(KlingO1ImageToVideo, locals())
-    return await generate_video(request, run_key=run_key, step=step, **options)
+    return await generate_video.aio(request, run_key=run_key, step=step, **options)
 
 
+@dispatching
 async def kling_30_text_to_video(
     *,
     run_key: str,
@@ -127,9 +132,10 @@ async def kling_30_text_to_video(
 ) -> StoredVideo:
     """Make one ``kwaivgi/kling-3.0/text-to-video`` clip (see :class:`~kling_prefect.models.Kling30TextToVideo`)."""
     request = _request(Kling30TextToVideo, locals())
-    return await generate_video(request, run_key=run_key, step=step, **options)
+    return await generate_video.aio(request, run_key=run_key, step=step, **options)
 
 
+@dispatching
 async def kling_26_text_to_video(
     *,
     run_key: str,
@@ -145,4 +151,4 @@ async def kling_26_text_to_video(
 ) -> StoredVideo:
     """Make one ``kwaivgi/kling-2.6/text-to-video`` clip (see :class:`~kling_prefect.models.Kling26TextToVideo`)."""
     request = _request(Kling26TextToVideo, locals())
-    return await generate_video(request, run_key=run_key, step=step, **options)
+    return await generate_video.aio(request, run_key=run_key, step=step, **options)

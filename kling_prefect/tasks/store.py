@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from kling_prefect import events, media, progress
 from kling_prefect.atomic import remove_stale_temporaries
+from kling_prefect.dispatch import dispatching_task
 from kling_prefect.exceptions import DownloadFailed
 from kling_prefect.records import FinishedJob, StoredVideo
 from kling_prefect.storage import StorageSpec, StoredObject, VideoStore, claim_key, safe_name
@@ -93,7 +94,7 @@ async def _already_stored(store: VideoStore, key: str, job: FinishedJob, record:
     )
 
 
-@task(
+@dispatching_task(
     name="store-kling-video",
     task_run_name="store-{job.submitted.step}",
     cache_policy=StoredVideoKey(),

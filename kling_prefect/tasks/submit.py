@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from kling_prefect import events, progress
 from kling_prefect.concurrency import create_rate_slot
+from kling_prefect.dispatch import dispatching_task
 from kling_prefect.exceptions import JobMayHaveBeenCreated, ShortAPIError
 from kling_prefect.ledger import StepLedger, step_key
 from kling_prefect.models import KlingRequest
@@ -36,7 +37,7 @@ class JobSubmissionKey(CachePolicy):
         return step_key("submit", str(inputs["run_key"]), str(inputs["step"]), request)
 
 
-@task(
+@dispatching_task(
     name="submit-kling-job",
     task_run_name="submit-{step}",
     cache_policy=JobSubmissionKey(),

@@ -8,13 +8,14 @@ from typing import Any
 from uuid import UUID
 
 import anyio
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from kling_prefect import events, progress
 from kling_prefect.artifacts import progress_description, progress_key
 from kling_prefect.client import Job, PollPolicy
+from kling_prefect.dispatch import dispatching_task
 from kling_prefect.exceptions import JobFailed, JobTimedOut, ShortAPIError, TransientError, UnknownJobStatus
 from kling_prefect.records import FinishedJob, SubmittedJob
 from kling_prefect.tasks.connect import open_client
@@ -113,7 +114,7 @@ def _creeping_percent(elapsed: float, expected: float) -> float:
     return 10 + 85 * min(elapsed / expected, 1.0) if expected > 0 else 10.0
 
 
-@task(
+@dispatching_task(
     name="wait-for-kling-job",
     task_run_name="wait-{job.step}",
     cache_policy=NO_CACHE,  # a cached status would be served forever
