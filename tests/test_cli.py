@@ -214,6 +214,35 @@ def test_batch_from_jsonl(prefect_env, emulator, tmp_path) -> None:
     assert audio.has_audio and round(audio.duration_seconds) == 5
 
 
+def test_a_batch_with_a_failed_job_exits_1_and_its_flow_run_is_failed_in_prefect(
+    prefect_env, emulator, tmp_path
+) -> None:
+    """What the terminal says and what the Prefect UI shows agree: the run is Failed, with its message."""
+    import asyncio
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "A fox in the snow", "duration": 3}\n{"prompt": "A city at night", "duration": 3}\n')
+    emulator.inject("job_failure", times=1, message="generation failed: content moderation")
+    done = run_cli(
+        "batch", str(prompts), "--out", str(tmp_path / "out"), "--poll-interval", "0.05", "--json", env=prefect_env
+    )
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert sorted(c["status"] for c in result["clips"]) == ["failed", "stored"]
+
+    async def state_of(flow_run_id: str) -> tuple[str, str]:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(flow_run_id))
+        assert run.state is not None
+        return run.state.type.value, run.state.message or ""
+
+    kind, message = asyncio.run(state_of(result["flow_run_id"]))
+    assert kind == "FAILED" and "1 of 2 clips stored" in message
+
+
 # --------------------------------------------------------------------------------------------- the progress display
 
 

@@ -147,7 +147,6 @@ def batch(args: argparse.Namespace) -> int:
             file=path,
             model=args.model,
             max_concurrency=args.max_concurrency,
-            fail_on_error=False,
             **run,
             return_state=True,
         ),

@@ -36,6 +36,7 @@ from kling_prefect.cli.plans import Plan, flag_namer
 from kling_prefect.cli.progress import Tracker, make_display, summary_line
 from kling_prefect.cli.server import PrefectApi, prefect_api
 from kling_prefect.cli.terminal import terminal_logs
+from kling_prefect.runs import RunIncomplete
 
 __all__ = ["FlowCall", "default_run_key", "print_result", "run_plan"]
 
@@ -161,7 +162,10 @@ def run_plan(
                 asyncio.run(check_with_prefect(args, context, api))
                 state = asyncio.run(_awaited(call(run_parameters(args))))
                 flow_run_id = state.state_details.flow_run_id
-                result = asyncio.run(state.aresult())
+                try:
+                    result = asyncio.run(state.aresult())
+                except RunIncomplete as incomplete:  # the run ended Failed, as the UI shows: report its clips
+                    result = incomplete.result
         except (Exception, KeyboardInterrupt) as exc:
             failure = explain(exc, Context(**{**vars(context), "step": tracker.active}))
             if isinstance(exc, KeyboardInterrupt) and not any(row.started for row in tracker.snapshot()):
