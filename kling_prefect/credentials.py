@@ -26,6 +26,8 @@ Examples:
     | ``SHORTAPI_CALLBACK_URL`` | ``callback_url`` | none (poll only) |
     | ``SHORTAPI_CALLBACK_LISTEN`` | ``callback_listen`` | ``127.0.0.1:0`` |
     | ``SHORTAPI_MAX_QUERIES_PER_SECOND`` | ``max_queries_per_second`` | 10 (0: no cap) |
+    | ``SHORTAPI_LEASE_URL`` | ``lease_url`` | none (file leases on this machine) |
+    | ``SHORTAPI_LEASE_SECONDS`` | ``lease_seconds`` | 10 s |
 
     Retries apply to queries and downloads only: a ``job/create`` is never retried by the client (see
     :class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`).
@@ -53,10 +55,11 @@ from kling_prefect.client import (
 )
 from kling_prefect.waiting import DEFAULT_QUERIES_PER_SECOND
 
-__all__ = ["ENV_SETTINGS", "ShortAPICredentials", "check_base_url"]
+__all__ = ["ENV_SETTINGS", "ShortAPICredentials", "check_base_url", "check_lease_url"]
 
 ENV_CALLBACK_URL = "SHORTAPI_CALLBACK_URL"
 ENV_CALLBACK_LISTEN = "SHORTAPI_CALLBACK_LISTEN"
+ENV_LEASE_URL = "SHORTAPI_LEASE_URL"
 
 # Optional tuning variables read by ``from_env``: variable -> (field, type).
 ENV_SETTINGS: dict[str, tuple[str, type]] = {
@@ -67,6 +70,7 @@ ENV_SETTINGS: dict[str, tuple[str, type]] = {
     "SHORTAPI_RETRY_MAX_DELAY": ("retry_max_delay", float),
     "SHORTAPI_MAX_RETRY_AFTER": ("max_retry_after", float),
     "SHORTAPI_MAX_QUERIES_PER_SECOND": ("max_queries_per_second", float),
+    "SHORTAPI_LEASE_SECONDS": ("lease_seconds", float),
 }
 
 
@@ -81,6 +85,16 @@ def check_base_url(value: str) -> str:
         else:
             got = f"a {parts.scheme}: URL" if parts.scheme else "text without a scheme"
         raise ValueError(f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {got}")
+    return text
+
+
+def check_lease_url(value: str) -> str:
+    """``value`` stripped, when it is a ``redis://``/``rediss://``/``unix://`` URL; ``ValueError`` otherwise."""
+    text = value.strip()
+    scheme = urlsplit(text).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        got = f"a {scheme}: URL" if scheme else "text without a scheme"
+        raise ValueError(f"lease_url must be a Redis URL such as redis://127.0.0.1:6379/0, got {got}")
     return text
 
 
@@ -99,6 +113,9 @@ class ShortAPICredentials(CredentialsBlock):
             bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
         max_queries_per_second: the cap on job queries per second shared by every wait in a process (0: none).
+        lease_url: a Redis URL (``redis://host:6379/0``) holding the step leases, for workers on several machines
+            sharing one result storage; unset, leases are files on this machine. See :mod:`kling_prefect.leases`.
+        lease_seconds: how long a Redis lease outlives a holder that died (renewed every third of it while held).
 
     Examples:
         Load a saved block and make a client:
@@ -140,6 +157,16 @@ class ShortAPICredentials(CredentialsBlock):
         allow_inf_nan=False,
         description="Cap on job queries per second shared by every wait in a process (0: no cap).",
     )
+    lease_url: str | None = Field(
+        default=None,
+        description="Redis URL of the step leases for workers on several machines (unset: file leases).",
+    )
+    lease_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a Redis step lease outlives a holder that died.",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -150,6 +177,11 @@ class ShortAPICredentials(CredentialsBlock):
     @classmethod
     def _check_callback_url(cls, value: str | None) -> str | None:
         return check_public_url(value) if value and value.strip() else None
+
+    @field_validator("lease_url")
+    @classmethod
+    def _check_lease_url(cls, value: str | None) -> str | None:
+        return check_lease_url(value) if value and value.strip() else None
 
     @field_validator("callback_listen")
     @classmethod
@@ -179,6 +211,7 @@ class ShortAPICredentials(CredentialsBlock):
         for variable, name, check in (
             (ENV_CALLBACK_URL, "callback_url", check_public_url),
             (ENV_CALLBACK_LISTEN, "callback_listen", parse_listen),
+            (ENV_LEASE_URL, "lease_url", check_lease_url),
         ):
             text = env.get(variable, "").strip()
             if text:

@@ -171,3 +171,10 @@ class ConcurrencyLimitUnavailable(ConcurrencySlotAcquisitionError):
 
 def _rebuild_unavailable(message: str, limit_name: str) -> ConcurrencyLimitUnavailable:
     return ConcurrencyLimitUnavailable(message, limit_name=limit_name)
+
+
+class LeaseUnavailable(ConnectionError):
+    """The step's lease could not be taken (Redis unreachable, a lease folder not writable): nothing was sent.
+
+    Safe to retry: no create was attempted (see :mod:`kling_prefect.leases`).
+    """

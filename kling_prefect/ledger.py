@@ -15,6 +15,11 @@ submissions live too), keyed like the step itself: run key + step + request (:fu
 - **Unresolved job** (:meth:`StepLedger.note_unresolved`): a job that answered with a status the documents
   do not define. Later attempts ask about that job again instead of paying for the step again.
 
+- **Lease** (:meth:`StepLedger.creating`): reading the ledger, sending the create and recording its answer
+  happen under a lease on the step (:mod:`kling_prefect.leases`), so attempts running at the same time in any
+  process take turns: the second one finds the first one's job (and resumes it) or, if the first one died
+  mid-create, its in-flight note (and refuses). A note found with no live holder means what it always meant.
+
 The cached result of the submit task (:class:`~kling_prefect.tasks.submit.JobSubmissionKey`, same key
 material) remembers the job too; it is what a retry or re-run normally finds first.
 """
@@ -24,14 +29,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from prefect.filesystems import LocalFileSystem
 from prefect.logging import get_run_logger
 from prefect.results import ResultStore, get_result_store
 
 from kling_prefect.exceptions import JobMayHaveBeenCreated
+from kling_prefect.leases import DEFAULT_LEASE_SECONDS, lease_directory, step_lease
 from kling_prefect.models import KlingRequest
 from kling_prefect.records import SubmittedJob
 
@@ -69,6 +78,21 @@ def step_key(kind: str, run_key: str, step: str, request: KlingRequest) -> str:
     return f"kling-{kind}-{digest}"
 
 
+_warned_storage: set[str] = set()
+
+
+def _warn_once_per_machine_leases(storage: str) -> None:
+    if storage in _warned_storage:
+        return
+    _warned_storage.add(storage)
+    get_run_logger().warning(
+        "result storage is %s, but step leases are files on this machine: attempts of one step on other machines "
+        "are not kept from creating at the same moment (the ledger still refuses a second create it can see). "
+        "Set lease_url (SHORTAPI_LEASE_URL=redis://...) when workers on several machines share this storage",
+        storage,
+    )
+
+
 @dataclass(frozen=True)
 class StepLedger:
     """The ledger of one step of one run (see the module documentation). Use inside a flow or task run."""
@@ -103,6 +127,57 @@ class StepLedger:
             await self._store().awrite(value, key=self._key(entry))
         except Exception as exc:
             get_run_logger().warning("could not write the %s note of step %r: %s", entry, self.step, exc)
+
+    # -- the lease
+
+    @asynccontextmanager
+    async def creating(
+        self, *, lease_url: str | None = None, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> AsyncIterator[None]:
+        """Hold the step's lease for the body: :meth:`before_create`, the POST and the note of its answer.
+
+        Another attempt of this step holding it (in this process or any other sharing the lease store) is
+        waited for; what it left in the ledger is then read by :meth:`before_create` as usual.
+
+        Args:
+            lease_url: a Redis URL for leases across machines (``None``: file leases on this machine).
+            lease_seconds: how long a Redis lease outlives a holder that stopped renewing it.
+        """
+        storage = get_result_store().result_storage
+        basepath: str | None = None
+        if storage is None:  # Prefect's default: a local folder
+            from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+            basepath = str(PREFECT_LOCAL_STORAGE_PATH.value())
+        elif isinstance(storage, LocalFileSystem):
+            basepath = storage.basepath
+        elif not lease_url:
+            _warn_once_per_machine_leases(type(storage).__name__)
+        logger = get_run_logger()
+
+        def waiting() -> None:
+            logger.info(
+                "%s: another attempt of this step is creating its job; waiting for its outcome (nothing is sent "
+                "meanwhile)",
+                self.step,
+            )
+
+        def lost() -> None:
+            logger.warning(
+                "%s: the step's lease expired while its create was out (the lease store was unreachable); an "
+                "attempt starting now finds the in-flight note and refuses, it does not pay again",
+                self.step,
+            )
+
+        async with step_lease(
+            self._key("lease"),
+            lease_url=lease_url,
+            directory=lease_directory(basepath),
+            lease_seconds=lease_seconds,
+            on_wait=waiting,
+            on_lost=lost,
+        ):
+            yield
 
     # -- creates
 

@@ -21,12 +21,19 @@ async def load_credentials(credentials_block: str | None) -> ShortAPICredentials
     return ShortAPICredentials.from_env()
 
 
-async def open_client(credentials_block: str | None, poll: PollPolicy | None = None) -> ShortAPIClient:
+async def open_client(
+    credentials_block: str | None,
+    poll: PollPolicy | None = None,
+    *,
+    credentials: ShortAPICredentials | None = None,
+) -> ShortAPIClient:
     """A client for a task, on the process's shared connection pools for this event loop (one for API calls,
     one for downloads). Closing it (``async with``) leaves the pools open for the other tasks: see
-    :func:`~kling_prefect.client.shared_http_client`.
+    :func:`~kling_prefect.client.shared_http_client`. ``credentials``: already loaded (``credentials_block``
+    is then not read again).
     """
-    credentials = await load_credentials(credentials_block)
+    if credentials is None:
+        credentials = await load_credentials(credentials_block)
     return ShortAPIClient(
         **credentials.client_options(),
         poll=poll,

@@ -17,7 +17,7 @@ from kling_prefect.ledger import StepLedger, step_key
 from kling_prefect.models import KlingRequest
 from kling_prefect.pricing import format_usd
 from kling_prefect.records import SubmittedJob
-from kling_prefect.tasks.connect import open_client
+from kling_prefect.tasks.connect import load_credentials, open_client
 
 __all__ = ["JobSubmissionKey", "submit_kling_job"]
 
@@ -81,37 +81,41 @@ async def submit_kling_job(
     """
     logger = get_run_logger()
     ledger = StepLedger(run_key, step, request)
-    earlier = await ledger.before_create(resubmit_uncertain=resubmit_uncertain, replacing=replacing)
-    if earlier is not None:
-        logger.warning(
-            "%s: resuming job %s, created by an earlier attempt (nothing is paid again)", step, earlier.job_id
+    credentials = await load_credentials(credentials_block)
+    # The decision (the ledger read), the POST and the record of its answer, under the step's lease: another
+    # attempt of this step running now, in any process, waits here and then resumes the job this one made.
+    async with ledger.creating(lease_url=credentials.lease_url, lease_seconds=credentials.lease_seconds):
+        earlier = await ledger.before_create(resubmit_uncertain=resubmit_uncertain, replacing=replacing)
+        if earlier is not None:
+            logger.warning(
+                "%s: resuming job %s, created by an earlier attempt (nothing is paid again)", step, earlier.job_id
+            )
+            return replace(earlier, remembered=True)
+        await create_rate_slot(create_rate_limit)
+        client = await open_client(credentials_block, credentials=credentials)
+        await ledger.note_create_sending()  # if this process dies while the request is out, later attempts know
+        async with client:
+            try:
+                created = await client.create_job(request, callback_url=callback_url)
+            except JobMayHaveBeenCreated as exc:
+                await ledger.note_create_uncertain(exc)
+                raise
+            except ShortAPIError:
+                await ledger.note_create_refused()
+                raise
+        submitted = SubmittedJob(
+            job_id=created.job_id,
+            model=request.model_id,
+            run_key=run_key,
+            step=step,
+            args=request.to_args(),
+            estimated_cost=created.estimated_cost,
+            amount=created.amount,
+            video_seconds=created.video_seconds,
+            created_at=created.created_at,
+            callback_url=created.callback_url,
         )
-        return replace(earlier, remembered=True)
-    await create_rate_slot(create_rate_limit)
-    client = await open_client(credentials_block)
-    await ledger.note_create_sending()  # if this process dies while the request is out, later attempts know
-    async with client:
-        try:
-            created = await client.create_job(request, callback_url=callback_url)
-        except JobMayHaveBeenCreated as exc:
-            await ledger.note_create_uncertain(exc)
-            raise
-        except ShortAPIError:
-            await ledger.note_create_refused()
-            raise
-    submitted = SubmittedJob(
-        job_id=created.job_id,
-        model=request.model_id,
-        run_key=run_key,
-        step=step,
-        args=request.to_args(),
-        estimated_cost=created.estimated_cost,
-        amount=created.amount,
-        video_seconds=created.video_seconds,
-        created_at=created.created_at,
-        callback_url=created.callback_url,
-    )
-    await ledger.note_created(submitted)  # the job id, the moment it exists
+        await ledger.note_created(submitted)  # the job id, the moment it exists
     logger.info(
         "created %s job %s for step %r (estimated %s, vendor amount %s)",
         request.model_id,

@@ -1,0 +1,225 @@
+"""One create per step, whoever runs it at once: step leases (files, Redis) under the submit task.
+
+Real processes running a user's own flow (``tests/lease_run_flow.py``) against an emulator over HTTP whose creates
+answer slowly, one Prefect server, one result storage, and a real ``redis-server`` for the Redis leases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kling_prefect.emulator import Emulator
+from kling_prefect.exceptions import LeaseUnavailable
+from kling_prefect.leases import step_lease
+
+from .conftest import TEST_KEY
+from .helpers import wait_until
+
+RUNNER = Path(__file__).with_name("lease_run_flow.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port (skipped when redis-server is not installed)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    import redis
+
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, timeout=20)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[Emulator]:
+    """An emulator of this test's own (a create still sleeping when the test ends cannot count in another)."""
+    with Emulator(time_scale=0.005, seed=11, timing_jitter=0.0) as emu:
+        yield emu
+
+
+# ------------------------------------------------------------------------------------ the leases themselves
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+async def test_a_second_holder_waits_until_the_first_releases(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    order: list[str] = []
+    waited: list[str] = []
+
+    async def hold(name: str, seconds: float) -> None:
+        async with step_lease(
+            "kling-lease-test",
+            lease_url=url,
+            directory=tmp_path,
+            lease_seconds=1.0,
+            on_wait=lambda: waited.append(name),
+        ):
+            order.append(f"{name} in")
+            await asyncio.sleep(seconds)
+            order.append(f"{name} out")
+
+    first = asyncio.create_task(hold("a", 1.5))  # longer than the Redis lease: the heartbeat keeps it
+    await asyncio.sleep(0.2)
+    await hold("b", 0.0)
+    await first
+    assert order == ["a in", "a out", "b in", "b out"]
+    assert waited == ["b"]
+
+
+async def test_an_unreachable_redis_raises_before_anything_is_sent(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    with pytest.raises(LeaseUnavailable, match="nothing was sent"):
+        async with step_lease("kling-lease-test", lease_url=url, directory=tmp_path):
+            pytest.fail("the body ran without a lease")
+
+
+# ---------------------------------------------------------------------------- processes starting one step
+
+
+def _env(emu: Emulator, tmp_path: Path, index: int, lease_url: str | None) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        # One result storage for every process (the ledger and the file leases); a Prefect home and a working
+        # folder of each process's own.
+        "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "results"),
+        "PREFECT_HOME": str(tmp_path / f"home-{index}"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "SHORTAPI_KEY": TEST_KEY,
+        "SHORTAPI_BASE_URL": emu.base_url,
+        "SHORTAPI_READ_TIMEOUT": "30",
+        "SHORTAPI_LEASE_SECONDS": "2",
+    }
+    env.pop("SHORTAPI_LEASE_URL", None)
+    if lease_url:
+        env["SHORTAPI_LEASE_URL"] = lease_url
+    return env
+
+
+def _start(
+    emu: Emulator, tmp_path: Path, index: int, go: Path, lease_url: str | None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    workdir = tmp_path / f"worker-{index}"
+    workdir.mkdir()
+    log = tmp_path / f"worker-{index}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(RUNNER), str(go), "same-key-1", "Lease test: a heron lifts off the reeds"],
+            env=_env(emu, tmp_path, index, lease_url),
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log
+
+
+def _text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+def _outcome(log: Path) -> dict[str, Any]:
+    lines = [line for line in _text(log).splitlines() if line.startswith("{")]
+    assert lines, _text(log)[-3000:]
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def _ready(log: Path) -> bool:
+    return "ready" in _text(log).splitlines()
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_three_processes_starting_one_step_make_one_job_and_all_return_its_clip(
+    prefect_server: None, slow_emulator: Emulator, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    lease_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    slow_emulator.inject("slow", endpoint="create", delay=4.0)  # the create answers in 4 s
+    go = tmp_path / "go"
+    workers = [_start(slow_emulator, tmp_path, i, go, lease_url) for i in range(3)]
+    wait_until(lambda: all(_ready(log) for _, log in workers), timeout=120)
+    go.touch()  # all three start the step within milliseconds
+    for process, log in workers:
+        assert process.wait(timeout=180) == 0, _text(log)[-3000:]
+    outcomes = [_outcome(log) for _, log in workers]
+    stats = slow_emulator.stats()
+    assert stats.create_requests == 1
+    assert stats.creates == 1
+    assert len({o["job_id"] for o in outcomes}) == 1
+    assert sorted(o["resumed"] for o in outcomes) == [False, True, True]
+    waited = [log for _, log in workers if "waiting for its outcome" in _text(log)]
+    assert len(waited) == 2  # the other two waited for the first one's create instead of failing
+    for outcome in outcomes:
+        assert outcome["uri"].endswith("/kling-output/same-key-1/clip.mp4")
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_a_holder_killed_mid_create_releases_the_step_and_the_waiters_refuse_to_pay_again(
+    prefect_server: None, slow_emulator: Emulator, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    lease_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    slow_emulator.inject("slow", endpoint="create", delay=60.0)  # the create never answers in time
+    first_go, then_go = tmp_path / "go-holder", tmp_path / "go-waiters"
+    holder = _start(slow_emulator, tmp_path, 0, first_go, lease_url)
+    waiters = [_start(slow_emulator, tmp_path, i, then_go, lease_url) for i in (1, 2)]
+    wait_until(lambda: all(_ready(log) for _, log in [holder, *waiters]), timeout=120)
+    first_go.touch()
+    wait_until(lambda: slow_emulator.stats().create_requests == 1, timeout=120)  # the holder's create is out
+    then_go.touch()
+    wait_until(lambda: all("waiting for its outcome" in _text(log) for _, log in waiters), timeout=120)
+    holder[0].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    holder[0].wait(timeout=30)
+    ended: list[float] = []
+    for process, log in waiters:
+        assert process.wait(timeout=120) == 1, _text(log)[-3000:]
+        ended.append(time.monotonic() - killed_at)
+    for _, log in waiters:
+        outcome = _outcome(log)
+        assert outcome["error"] == "JobMayHaveBeenCreated", outcome
+        assert "may have been accepted" in outcome["message"]
+    assert slow_emulator.stats().create_requests == 1  # nobody sent a second create
+    print(f"{backend} lease: waiters refused {', '.join(f'{s:.1f}' for s in ended)} s after the holder's SIGKILL")
