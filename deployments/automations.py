@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -142,7 +142,7 @@ async def spend_report(hours: float, max_usd: Decimal | None) -> int:
     """Print what the jobs created in the last ``hours`` cost; 1 when it is over ``max_usd``, else 0."""
     if hours <= 0 or (max_usd is not None and not max_usd >= 0):
         raise SystemExit(f"--hours {hours:g} --max-usd {max_usd}: need a window of more than 0 hours, a budget >= 0")
-    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    since = datetime.now(UTC) - timedelta(hours=hours)
     spend = await job_spend(since)
     # The vendor's amount where it reported one; jobs without an amount count at their estimate.
     unreported_note = f", {spend.unreported} without a vendor amount" if spend.unreported else ""

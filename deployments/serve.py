@@ -13,7 +13,7 @@ ad-hoc runs may run at once: the global limit `kling-jobs-in-flight` bounds thei
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
@@ -102,7 +102,7 @@ def build_deployments() -> list[RunnerDeployment]:
         schedules=[
             Interval(
                 timedelta(hours=6),
-                anchor_date=datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc),
+                anchor_date=datetime(2026, 1, 1, 2, 0, tzinfo=UTC),
                 timezone="UTC",
             )
         ],

@@ -28,6 +28,10 @@ os.environ.update(
 )
 os.environ.pop("SHORTAPI_KEY", None)
 os.environ.pop("SHORTAPI_BASE_URL", None)
+# pytest-xdist's test processes get COLUMNS=80 and LINES=24, which every console script run here would take for
+# its terminal's size: the pseudo terminals the tests open say their size themselves.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 import pytest  # noqa: E402
 

@@ -1,5 +1,6 @@
 """Bad input gets a clear answer and costs nothing: flow parameters, batch files, command-line arguments (the real
-console script, in subprocesses run in parallel) and a few request-model cases not in ``test_models.py``.
+console script for one case of each command, ``main`` in-process for the rest) and a few request-model cases not
+in ``test_models.py``.
 
 Each case names the parameter, field or line at fault; the CLI exits non-zero with one line and no traceback;
 and the emulator (the vendor) receives no request at all."""
@@ -289,28 +290,61 @@ CLI_CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
 ]
 
 
+#: Cases run as the real console script (a subprocess each, in parallel): one of each command, so the installed
+#: entry point and a fresh interpreter's output are checked too; the others call the same ``main`` in-process
+#: (each subprocess costs seconds of importing Prefect, the in-process call milliseconds).
+SUBPROCESS_CASES = {index for command in ("chain", "batch", "estimate") for index in (
+    next(i for i, case in enumerate(CLI_CASES) if case[0][0] == command),
+)}  # fmt: skip
+
+
+def run_in_process(argv: list[str], env: dict[str, str], cwd: Any) -> subprocess.CompletedProcess[str]:
+    """``kling-prefect ARGV`` through :func:`kling_prefect.cli.main`, its output captured, its environment set."""
+    import contextlib
+    import io
+
+    from kling_prefect.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.chdir(cwd)
+        try:
+            code: int | None = main(argv)
+        except SystemExit as exit_:  # argparse's own errors (usage, invalid choice)
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture(scope="module")
-def cli_outcomes(emulator_server, tmp_path_factory) -> dict[int, Any]:
-    """Every CLI case run as a user runs it (the console script, in parallel), then the vendor's request count."""
+def cli_outcomes(emulator_server, tmp_path_factory) -> dict[Any, Any]:
+    """Every CLI case run as a user runs it, then the vendor's request count."""
     folder = tmp_path_factory.mktemp("cli-input")
     (folder / "good.jsonl").write_text(GOOD)
     (folder / "bad.jsonl").write_text(BAD)
     (folder / "array.jsonl").write_text('[{"prompt": "a"}, {"prompt": "b"}]\n')
     emulator_server.clear_faults()
     emulator_server.reset_stats()
-    base = {**os.environ, "SHORTAPI_KEY": TEST_KEY, "SHORTAPI_BASE_URL": emulator_server.base_url}
+    vendor = {"SHORTAPI_KEY": TEST_KEY, "SHORTAPI_BASE_URL": emulator_server.base_url}
 
-    def run(case: tuple[tuple[str, ...], dict[str, str], str]) -> subprocess.CompletedProcess[str]:
-        args, env, _ = case
-        argv = [CLI, *(a.replace("<DIR>", str(folder)) for a in args)]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**base, **env}, cwd=folder)
+    def argv(index: int) -> list[str]:
+        return [a.replace("<DIR>", str(folder)) for a in CLI_CASES[index][0]]
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        outcomes: dict[Any, Any] = dict(enumerate(pool.map(run, CLI_CASES)))
+    def run(index: int) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **vendor, **CLI_CASES[index][1]}
+        return subprocess.run([CLI, *argv(index)], capture_output=True, text=True, timeout=120, env=env, cwd=folder)
+
+    with ThreadPoolExecutor(max_workers=len(SUBPROCESS_CASES)) as pool:
+        outcomes: dict[Any, Any] = dict(zip(SUBPROCESS_CASES, pool.map(run, SUBPROCESS_CASES), strict=True))
+    for index in range(len(CLI_CASES)):
+        if index not in SUBPROCESS_CASES:
+            outcomes[index] = run_in_process(argv(index), {**vendor, **CLI_CASES[index][1]}, folder)
     outcomes["requests"] = emulator_server.stats().requests
     return outcomes
 
 
+@pytest.mark.slow  # three subprocesses of seconds each: outside the fast selection
 @pytest.mark.parametrize("index", range(len(CLI_CASES)), ids=[" ".join(c[0])[:40] for c in CLI_CASES])
 def test_invalid_cli_arguments_exit_nonzero_with_one_line(cli_outcomes, index) -> None:
     args, _, needle = CLI_CASES[index]
@@ -323,6 +357,7 @@ def test_invalid_cli_arguments_exit_nonzero_with_one_line(cli_outcomes, index) -
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_no_bad_input_reached_the_vendor(cli_outcomes) -> None:
     assert cli_outcomes["requests"] == 0
 

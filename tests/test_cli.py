@@ -395,10 +395,10 @@ def test_an_interrupted_run_says_how_to_resume_and_resuming_pays_nothing(prefect
 # --------------------------------------------------------------------------------------------- starts every time
 
 
-@pytest.mark.timeout(900)  # three first starts at once on a loaded machine: measured 2-3 min, up to ~5 on a busy one
+@pytest.mark.timeout(900)  # two first starts at once on a loaded machine: minutes on a busy one
 def test_fresh_prefect_home_while_the_cpu_is_busy(emulator, tmp_path) -> None:
-    """Two chains and the demo, each in a PREFECT_HOME never used, at once, with two busy-looping processes:
-    Prefect's temporary server must migrate three new databases on a loaded machine. All start, all quietly."""
+    """A chain and the demo, each in a PREFECT_HOME never used, at once, with two busy-looping processes:
+    Prefect's temporary server must migrate two new databases on a loaded machine. Both start, both quietly."""
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
 
@@ -417,8 +417,8 @@ def test_fresh_prefect_home_while_the_cpu_is_busy(emulator, tmp_path) -> None:
                 cwd=tmp_path, check=False,
             )  # fmt: skip
 
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            chains = [pool.submit(chain, index) for index in (1, 2)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            chains = [pool.submit(chain, index) for index in (1,)]
             demo_run = pool.submit(demo)
             outcomes = [c.result() for c in chains]
             demoed = demo_run.result()

@@ -152,7 +152,8 @@ async def test_query_retries_honour_retry_after(client, emulator) -> None:
         ("malformed_json", {}),
         ("reset", {}),
         ("error_code", {"code": 500}),
-        ("slow", {"delay": 3.0}),  # longer than the 2 s read timeout
+        # longer than the 2 s read timeout, twice: seconds of waiting, outside the fast selection
+        pytest.param("slow", {"delay": 3.0}, marks=pytest.mark.slow),
     ],
 )
 async def test_transient_query_faults_are_retried(client, emulator, fault, params) -> None:

@@ -508,8 +508,9 @@ def test_two_workers_share_a_limit_of_two_jobs_in_flight(deployed, tmp_path) -> 
                 deployment.id, parameters=params, work_queue_name=queue
             )
 
-    # Jobs of ~1 s (time_scale 0.01): long enough that each run alone would have 4 in flight at once.
-    with Emulator(time_scale=0.01, seed=11, timing_jitter=0.1) as emulator:
+    # Jobs of ~3 s (time_scale 0.03): each run alone would have 4 in flight at once, and a job outlasts the time
+    # a freed slot takes to reach the other run on busy cores (with ~1 s jobs the two slots were seen never full).
+    with Emulator(time_scale=0.03, seed=11, timing_jitter=0.1) as emulator:
         vendor = {"SHORTAPI_KEY": TEST_KEY, "SHORTAPI_BASE_URL": emulator.base_url}
         logs = {queue: tmp_path / f"{queue}.log" for queue in queues}
         workers = {q: start_worker(POOL, deployed.env(vendor), logs[q], work_queue=q) for q in queues}

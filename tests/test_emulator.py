@@ -660,6 +660,7 @@ def test_stats_count_requests_models_and_peak_in_flight(emu: Emulator, api: http
     assert all(job.first_terminal_seen_at is not None for job_id, job in stats.jobs.items() if job_id in jobs)
 
 
+@pytest.mark.slow  # subprocesses / seconds of work: outside the fast selection
 async def test_hundreds_of_concurrent_jobs(workdir: Path) -> None:
     clients, per_client = 10, 30  # several small pools: one httpx pool of 300 connections is CPU-bound itself
 
@@ -740,6 +741,7 @@ def test_control_endpoints(emu: Emulator, api: httpx.Client) -> None:
     control.close()
 
 
+@pytest.mark.slow  # subprocesses / seconds of work: outside the fast selection
 def test_run_prints_one_ready_line_and_stops_on_sigterm() -> None:
     code = "from kling_prefect.emulator import run; run('127.0.0.1', 0, time_scale=0.01)"
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as process:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -87,7 +87,7 @@ async def test_job_events_name_the_job_and_relate_to_the_flow_run(tmp_path: Path
 async def test_a_failed_job_emits_its_reason_and_a_spend_sum_reads_the_created_events(emulator, tmp_path) -> None:
     # The window starts now: events are stamped by this machine's clock, and the previous test's job was created
     # well under a second ago.
-    since = datetime.now(timezone.utc)
+    since = datetime.now(UTC)
     emulator.inject("job_failure", times=1, message=MODERATION)
     state = await text_to_video(
         "A forbidden scene", duration=5, run_key="events-fail", output_dir=str(tmp_path), return_state=True, **FAST
@@ -101,7 +101,7 @@ async def test_a_failed_job_emits_its_reason_and_a_spend_sum_reads_the_created_e
     assert failed.payload["estimated_cost_usd"] == "0.475"  # the failed job was created, so it may be billed
 
     # The spend of this test's window is this job's: summed from the events, each job once.
-    spend = await job_spend(since, datetime.now(timezone.utc))
+    spend = await job_spend(since, datetime.now(UTC))
     job_ids = {j for j in emulator.stats().jobs}
     assert job_ids == {failed.payload["job_id"]}
     assert (spend.jobs, spend.estimated_usd, spend.unreported) == (1, Decimal("0.475"), 0)

@@ -336,8 +336,9 @@ def test_default_model_is_process_wide() -> None:
 # --------------------------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.slow  # subprocesses / seconds of work: outside the fast selection
 def test_benchmark_smoke(tmp_path) -> None:
-    """The benchmark runs end to end with a few jobs (ways a, b and bc, and a small streaming case)."""
+    """The benchmark runs end to end with a few jobs (ways a and bc, compared, and a small streaming case)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHORTAPI_"))}
     result = subprocess.run(
         [
@@ -346,13 +347,13 @@ def test_benchmark_smoke(tmp_path) -> None:
             "--jobs",
             "4",
             "--ways",
-            "a,b,bc",
+            "a,bc",
             "--time-scale",
             "0.01",
             "--scaling",
             "",
             "--stream-mb",
-            "32",
+            "8",
             "--workdir",
             str(tmp_path),
         ],
@@ -599,6 +600,7 @@ for i in range(100):
 """
 
 
+@pytest.mark.slow  # subprocesses / seconds of work: outside the fast selection
 def test_processes_saving_to_one_file_keep_each_others_observations(tmp_path) -> None:
     path = tmp_path / "durations.json"
     children = [
@@ -663,6 +665,7 @@ print(json.dumps(None if before is None else [before.median, before.observations
 """
 
 
+@pytest.mark.slow  # subprocesses / seconds of work: outside the fast selection
 def test_a_fresh_process_starts_from_what_earlier_ones_saved(tmp_path) -> None:
     def run(env: dict[str, str]) -> object:
         result = subprocess.run(

@@ -83,7 +83,7 @@ async def fetch_image(client: httpx.AsyncClient, ref: str) -> bytes:
     elif urlsplit(ref).scheme.lower() in ("http", "https"):
         try:
             data = await asyncio.wait_for(_download(client, ref), FETCH_TIMEOUT)
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+        except (TimeoutError, httpx.TimeoutException):
             raise ImageFetchError(f"timed out after {FETCH_TIMEOUT:g} s") from None
         except httpx.HTTPError as exc:
             raise ImageFetchError(f"{type(exc).__name__}: {exc}") from None
