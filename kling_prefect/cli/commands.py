@@ -485,8 +485,8 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-queries-per-second",
         type=queries_per_second,
         metavar="N",
-        help="also one rate of job queries for the whole account: a rate limit of N queries a second (greater "
-        "than 0) that every process using this Prefect server keeps to, as well as its own cap",
+        help="also one rate of job queries for the whole account: a rate limit of N queries a second (more "
+        "than 0, at most 10000) that every process using this Prefect server keeps to, as well as its own cap",
     )
     parser.add_argument(
         "--query-limit-name",
