@@ -1,4 +1,4 @@
-"""Limits shared by every worker: jobs in flight at the vendor, and (optionally) a create rate.
+"""Limits shared by every worker: jobs in flight at the vendor, and (optionally) a create rate and a query rate.
 
 Kling limits how many jobs an account may have running. A Prefect *global* concurrency limit lives on the
 Prefect server, so it holds across every worker and process that talks to that server. A slot is taken
@@ -9,6 +9,10 @@ Both helpers are **strict**: Prefect silently ignores a limit that does not exis
 and a silent no-op here would let a fleet of workers over-commit the account. A missing or inactive limit,
 or a limit of the wrong kind, raises :class:`ConcurrencyLimitUnavailable` before anything is created at the
 vendor. Create the limits once with ``kling-prefect setup``.
+
+The query rate (``setup_limits(max_queries_per_second=N)``, ``kling-prefect setup --max-queries-per-second N``)
+is different: it is not required, and every process's query cap uses it when it exists
+(:mod:`kling_prefect.waiting.querycap`).
 
 A held slot is a *lease* on the server, renewed while the job runs. If the process holding it dies, the
 server frees the slot when the lease expires (``lease_duration``, 5 minutes by default).
@@ -35,6 +39,7 @@ from prefect.exceptions import ObjectNotFound
 
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.exceptions import ConcurrencyLimitUnavailable
+from kling_prefect.waiting.querycap import DEFAULT_QUERY_RATE_LIMIT, shared_burst
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -161,11 +166,40 @@ async def setup_limits(
     jobs_limit: int = 5,
     creates_per_second: float | None = None,
     create_limit_name: str = DEFAULT_CREATE_RATE_LIMIT,
+    *,
+    max_queries_per_second: float | None = None,
+    query_limit_name: str = DEFAULT_QUERY_RATE_LIMIT,
 ) -> list[str]:
     """Register this package's blocks and create (or update, and activate) the limits on the Prefect server.
 
     Safe to run again: an existing limit gets the new size. Returns one line per thing done, for the CLI.
+
+    Args:
+        jobs_limit_name: the limit on jobs in flight (no decay), ``jobs_limit`` slots.
+        jobs_limit: jobs in flight across every worker.
+        creates_per_second: also a rate limit on creates (``create_limit_name``).
+        create_limit_name: its name.
+        max_queries_per_second: also one rate of job queries for every process of this Prefect server: a rate
+            limit ``query_limit_name`` (slot decay N, burst :func:`~kling_prefect.waiting.shared_burst`), which
+            each process's query cap then keeps to as well as its own.
+        query_limit_name: its name; processes find it by ``SHORTAPI_QUERY_RATE_LIMIT`` when it is not the default.
+
+    Examples:
+        ```python
+        import asyncio
+        from kling_prefect.concurrency import setup_limits
+
+        for line in asyncio.run(setup_limits(jobs_limit=4, max_queries_per_second=10)):
+            print(line)  # ... rate limit 'kling-job-queries' created: 10 job queries per second ...
+        ```
     """
+    if max_queries_per_second is not None and not 0 < max_queries_per_second < float("inf"):
+        raise ValueError(f"max_queries_per_second: must be a finite number > 0, got {max_queries_per_second}")
+    if max_queries_per_second and query_limit_name in (
+        jobs_limit_name,
+        create_limit_name if creates_per_second else None,
+    ):
+        raise ValueError("the query rate limit needs a name of its own")
     if jobs_limit < 1:
         raise ValueError(f"jobs_limit: must be at least 1, got {jobs_limit}")
     if creates_per_second is not None and creates_per_second <= 0:
@@ -199,6 +233,14 @@ async def setup_limits(
             verb = await _upsert(client, create_limit_name, burst, creates_per_second)
             done.append(
                 f"rate limit {create_limit_name!r} {verb}: {creates_per_second} creates per second (burst {burst})"
+            )
+        if max_queries_per_second:
+            # Shared by every process's query cap; the burst is what may leave on top of the rate in a window.
+            burst = shared_burst(max_queries_per_second)
+            verb = await _upsert(client, query_limit_name, burst, max_queries_per_second)
+            done.append(
+                f"rate limit {query_limit_name!r} {verb}: {max_queries_per_second:g} job queries per second shared "
+                f"by every process of this Prefect server (burst {burst})"
             )
     return done
 

@@ -285,6 +285,9 @@ CLI_CASES: list[tuple[tuple[str, ...], dict[str, str], str]] = [
     (("estimate", "x", "--model", "kling-o1-i2v", "--audio"), {}, "--audio"),
     (("emulator", "--port", "70000"), {}, "--port"),
     (("setup", "--jobs-limit", "0"), {}, "--jobs-limit"),
+    (("setup", "--max-queries-per-second", "0"), {}, "--max-queries-per-second"),
+    (("setup", "--max-queries-per-second", "-5"), {}, "greater than 0"),
+    (("setup", "--max-queries-per-second", "fast"), {}, "number of queries per second"),
     (("estimate", "x", "--file", "<DIR>/good.jsonl"), {}, "not both"),
     (("render",), {}, "invalid choice"),
 ]

@@ -22,8 +22,9 @@ from typing import Any
 
 from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, PlannedClip, chain_plan, flag_namer, image_to_video_plan, is_image_to_video
-from kling_prefect.cli.registry import add_output_options, command, whole_number
+from kling_prefect.cli.registry import add_output_options, command, queries_per_second, whole_number
 from kling_prefect.cli.run import default_run_key, run_plan
+from kling_prefect.waiting.querycap import DEFAULT_QUERY_RATE_LIMIT, ENV_QUERY_RATE_LIMIT
 
 __all__ = ["BATCH_FORMATS", "DEMO_PROMPTS"]
 
@@ -480,12 +481,27 @@ def _setup_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="name of that rate limit. Default: kling-job-creates",
     )
+    parser.add_argument(
+        "--max-queries-per-second",
+        type=queries_per_second,
+        metavar="N",
+        help="also one rate of job queries for the whole account: a rate limit of N queries a second (more "
+        "than 0, at most 10000) that every process using this Prefect server keeps to, as well as its own cap",
+    )
+    parser.add_argument(
+        "--query-limit-name",
+        default=DEFAULT_QUERY_RATE_LIMIT,
+        metavar="NAME",
+        help=f"name of that rate limit (processes look for another name in {ENV_QUERY_RATE_LIMIT}). "
+        f"Default: {DEFAULT_QUERY_RATE_LIMIT}",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="also show Prefect's logs")
 
 
 @command(
     "setup",
-    help="register the blocks and create the shared jobs-in-flight limit on the Prefect server",
+    help="register the blocks and create the shared jobs-in-flight limit (and, if asked, create and query rates) "
+    "on the Prefect server",
     arguments=_setup_arguments,
 )
 def setup(args: argparse.Namespace) -> int:
@@ -497,10 +513,19 @@ def setup(args: argparse.Namespace) -> int:
         raise Failure(f"--creates-per-second: must be greater than 0, got {args.creates_per_second:g}", code=EXIT_USAGE)
     with terminal_logs(verbose=args.verbose), prefect_api(verbose=args.verbose, status=lambda text: None) as api:
         lines = asyncio.run(
-            setup_limits(args.jobs_limit_name, args.jobs_limit, args.creates_per_second, args.create_limit_name)
+            setup_limits(
+                args.jobs_limit_name,
+                args.jobs_limit,
+                args.creates_per_second,
+                args.create_limit_name,
+                max_queries_per_second=args.max_queries_per_second,
+                query_limit_name=args.query_limit_name,
+            )
         )
     for line in lines:
         print(line)
     if api.temporary:
         print("note: no PREFECT_API_URL, so this went to the temporary server's database in PREFECT_HOME")
+        if args.max_queries_per_second:
+            print("note: processes share the query rate only through a Prefect server they all use (PREFECT_API_URL)")
     return 0

@@ -130,6 +130,17 @@ def seconds(minimum: float, maximum: float) -> Callable[[str], float]:
     return parse
 
 
+def queries_per_second(text: str) -> float:
+    """An argparse type: a rate of queries per second, greater than 0 (and at most 10,000)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of queries per second, got {text!r}") from None
+    if not 0 < value <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be greater than 0 and at most 10000 queries per second, got {text}")
+    return value
+
+
 def money(text: str) -> Decimal:
     try:
         value = Decimal(text)

@@ -3,7 +3,9 @@
 Money safety: ``create_job`` is **never** retried. A failure after the request was sent raises
 :class:`~kling_prefect.exceptions.JobMayHaveBeenCreated`. Queries and downloads are retried on 429, 5xx,
 malformed bodies, resets and timeouts, with capped exponential backoff, full jitter and ``Retry-After``.
-Every query takes a token of the process's :class:`~kling_prefect.waiting.QueryCap` first.
+Every query takes a token of the process's :class:`~kling_prefect.waiting.QueryCap` first (and, when
+``kling-prefect setup --max-queries-per-second`` made one, of the rate shared by every process of the Prefect
+server).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from kling_prefect.models import KlingRequest
 from kling_prefect.pricing import estimate_cost
 from kling_prefect.waiting import (
     DEFAULT_QUERIES_PER_SECOND,
+    DEFAULT_QUERY_RATE_LIMIT,
+    ENV_QUERY_RATE_LIMIT,
     Doorbell,
     DurationModel,
     JobKind,
@@ -123,6 +127,9 @@ class ShortAPIClient:
         max_queries_per_second: the process-wide cap on queries this client shares with every client of the
             same setting (:class:`~kling_prefect.waiting.QueryCap`); default ``SHORTAPI_MAX_QUERIES_PER_SECOND``
             or 10; ``0`` for none.
+        query_rate_limit: the Prefect rate limit on queries shared by every process of the Prefect server, used
+            when it exists (``kling-prefect setup --max-queries-per-second N``) as well as the cap above; default
+            ``SHORTAPI_QUERY_RATE_LIMIT`` or ``kling-job-queries``; ``""`` for none.
 
     Examples:
         ```python
@@ -152,6 +159,7 @@ class ShortAPIClient:
         download_client: httpx.AsyncClient | None = None,
         callbacks: CallbackReceiver | None = None,
         max_queries_per_second: float | None = None,
+        query_rate_limit: str | None = None,
     ) -> None:
         if api_key is None:
             api_key = os.environ.get(ENV_KEY, "")
@@ -168,7 +176,9 @@ class ShortAPIClient:
         self.callbacks = callbacks
         if max_queries_per_second is None:
             max_queries_per_second = _env_rate()
-        self.query_cap = shared_query_cap(max_queries_per_second)
+        if query_rate_limit is None:
+            query_rate_limit = os.environ.get(ENV_QUERY_RATE_LIMIT, "").strip() or DEFAULT_QUERY_RATE_LIMIT
+        self.query_cap = shared_query_cap(max_queries_per_second, query_rate_limit.strip())
         self._rng = random.Random()
 
     def __repr__(self) -> str:

@@ -9,7 +9,8 @@ vendor's load, none of which the vendor documents. The pieces:
 - :mod:`~kling_prefect.waiting.persistence`: what was learned outlives the process
   (``$PREFECT_HOME/kling-prefect/durations.json``, ``KLING_PREFECT_DURATIONS``).
 - :mod:`~kling_prefect.waiting.schedule`: :class:`PollPolicy`, when to query given the belief.
-- :mod:`~kling_prefect.waiting.querycap`: :class:`QueryCap`, the process-wide cap on queries per second.
+- :mod:`~kling_prefect.waiting.querycap`: :class:`QueryCap`, the process-wide cap on queries per second (and the
+  rate shared by every process of a Prefect server, when ``kling-prefect setup`` made one).
 - :mod:`~kling_prefect.waiting.wait`: :func:`wait_for_end`, the wait loop, and :class:`JobWatcher`.
 - :mod:`~kling_prefect.waiting.doorbell` and :mod:`~kling_prefect.waiting.simulate` (the schedule on simulated
   time, for the benchmark).
@@ -30,14 +31,23 @@ from kling_prefect.waiting.doorbell import Doorbell
 from kling_prefect.waiting.estimates import DurationEstimate, DurationModel
 from kling_prefect.waiting.kinds import JobKind
 from kling_prefect.waiting.persistence import DURATIONS_ENV, DurationFile, default_duration_model, durations_path
-from kling_prefect.waiting.querycap import DEFAULT_QUERIES_PER_SECOND, QueryCap, shared_query_cap
+from kling_prefect.waiting.querycap import (
+    DEFAULT_QUERIES_PER_SECOND,
+    DEFAULT_QUERY_RATE_LIMIT,
+    ENV_QUERY_RATE_LIMIT,
+    QueryCap,
+    shared_burst,
+    shared_query_cap,
+)
 from kling_prefect.waiting.schedule import PollPolicy
 from kling_prefect.waiting.simulate import SimulatedWait, simulate_waits
 from kling_prefect.waiting.wait import JobWatcher, wait_for_end
 
 __all__ = [
     "DEFAULT_QUERIES_PER_SECOND",
+    "DEFAULT_QUERY_RATE_LIMIT",
     "DURATIONS_ENV",
+    "ENV_QUERY_RATE_LIMIT",
     "Doorbell",
     "DurationEstimate",
     "DurationFile",
@@ -49,6 +59,7 @@ __all__ = [
     "SimulatedWait",
     "default_duration_model",
     "durations_path",
+    "shared_burst",
     "shared_query_cap",
     "simulate_waits",
     "wait_for_end",
