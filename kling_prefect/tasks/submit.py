@@ -84,7 +84,7 @@ async def submit_kling_job(
     credentials = await load_credentials(credentials_block)
     # The decision (the ledger read), the POST and the record of its answer, under the step's lease: another
     # attempt of this step running now, in any process, waits here and then resumes the job this one made.
-    async with ledger.creating(lease_url=credentials.lease_url, lease_seconds=credentials.lease_seconds):
+    async with ledger.creating(lease_url=credentials.lease_url_value(), lease_seconds=credentials.lease_seconds):
         earlier = await ledger.before_create(resubmit_uncertain=resubmit_uncertain, replacing=replacing)
         if earlier is not None:
             logger.warning(
