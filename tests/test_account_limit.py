@@ -189,6 +189,15 @@ def test_each_account_has_its_limiter() -> None:
     assert learned_account_limit(a) is None
 
 
+def test_a_step_that_gave_up_on_a_busy_account_says_so_on_one_line() -> None:
+    from kling_prefect.cli.errors import Context, explain
+
+    busy = AccountBusy("job/create refused: parallel task over resource pack limit (HTTP 429, code 1303)")
+    line = explain(busy, Context(run_key="rk-1", api_url="https://api.shortapi.ai", step="clip-02")).line()
+    assert line.startswith("clip-02: the ShortAPI account at https://api.shortapi.ai kept refusing the create")
+    assert "nothing was created" in line and "--max-concurrency" in line and "--run-key rk-1" in line
+
+
 # --------------------------------------------------------------------------------------------- in a user's flow
 
 
