@@ -300,6 +300,35 @@ def test_a_sync_flow_waits_for_a_full_account_and_a_step_past_busy_timeout_can_b
     assert after.create_requests - after.account_refusals == 4  # every accepted create is one clip or occupier
 
 
+async def test_clips_under_a_jobs_limit_never_wait_on_each_other_for_the_account(
+    busy_vendor, tmp_path, monkeypatch
+) -> None:
+    """A jobs limit of 1 and a full account: the clip holding the jobs slot is refused and pauses; the other
+    waits for the jobs slot holding nothing of the account's, so the first one gets its account slot back."""
+    from kling_prefect.concurrency import setup_limits
+
+    emu = busy_vendor
+    monkeypatch.chdir(tmp_path)
+    await setup_limits("kling-account-test-jobs", 1)
+    await occupy(emu)
+
+    @flow
+    async def two(run_key: str) -> list[str]:
+        clips = await asyncio.gather(
+            *(
+                generate_video(clip_request(n), run_key=run_key, step=f"shot-{n}", jobs_limit="kling-account-test-jobs",
+                               **FAST)
+                for n in (1, 2)
+            )
+        )  # fmt: skip
+        return [str(clip.local_path) for clip in clips]
+
+    paths = await asyncio.wait_for(two("rk-jobs-limit-busy"), 120)  # a deadlock would never end
+    stats = emu.stats()
+    assert len(paths) == 2 and all(media.is_decodable_mp4(Path(p)) for p in paths)
+    assert stats.creates == 3 and stats.account_refusals >= 1
+
+
 @pytest.mark.parametrize(("fault", "params"), [("server_error", {"status": 503}), ("slow", {"delay": 1.6})])
 async def test_a_create_of_unknown_outcome_is_still_never_sent_again(
     busy_vendor, tmp_path, monkeypatch, fault, params

@@ -153,10 +153,8 @@ async def generate_video(
         while True:
             job: SubmittedJob | None = resume
             try:
-                if job is None:
-                    # Before the jobs limit: a clip waiting for this process's share of the account holds no slot
-                    # another worker could use.
-                    await account.acquire()
+                # The jobs limit first, then (in the submit task) the account's slot: one order, so a clip holding
+                # one never waits for another clip holding the other.
                 async with job_slot(jobs_limit):
                     if job is None:
                         job, remembered = await submit()

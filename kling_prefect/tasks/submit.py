@@ -13,7 +13,13 @@ from prefect.context import TaskRunContext
 
 from kling_prefect import events, progress
 from kling_prefect.client.responses import refused_create
-from kling_prefect.concurrency import AccountSlot, account_limiter, create_rate_slot, current_account_slot
+from kling_prefect.concurrency import (
+    AccountLimiter,
+    AccountSlot,
+    account_limiter,
+    create_rate_slot,
+    current_account_slot,
+)
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.dispatch import dispatching_task
 from kling_prefect.exceptions import AccountBusy, JobMayHaveBeenCreated, RateLimited, ShortAPIError
@@ -138,7 +144,7 @@ async def submit_kling_job(
             slot.refused(busy=busy and tracked)
             refusals += 1
             pause = retry.delay(min(refusals - 1, _MAX_BACKOFF_STEP), outcome.retry_after)
-            if deadline is not None and time.monotonic() + pause > deadline:
+            if busy_timeout is not None and deadline is not None and time.monotonic() + pause > deadline:
                 _tell_learned_limit_once(logger, limiter)
                 raise _gave_up(outcome, busy_timeout, refusals)
             logger.info(
@@ -218,7 +224,7 @@ async def _create_once(
     return submitted
 
 
-def _tell_learned_limit_once(logger: Any, limiter: Any) -> None:
+def _tell_learned_limit_once(logger: Any, limiter: AccountLimiter) -> None:
     """Say once per flow run, in its log, what the account accepted and how to avoid its refusals."""
     context = TaskRunContext.get()
     run = str(getattr(getattr(context, "task_run", None), "flow_run_id", None) or "process")
@@ -232,7 +238,7 @@ def _tell_learned_limit_once(logger: Any, limiter: Any) -> None:
         )
 
 
-def _gave_up(refusal: RateLimited, busy_timeout: float | None, refusals: int) -> RateLimited:
+def _gave_up(refusal: RateLimited, busy_timeout: float, refusals: int) -> RateLimited:
     """The refusal, saying that the step stopped sending it (nothing was created; a re-run sends it again)."""
     error = type(refusal)(
         f"{refusal.message}; refused {refusals} time(s) within busy_timeout ({busy_timeout:g} s), so the step "
