@@ -7,7 +7,9 @@ on what the user keeps (decodable files, no partial files, errors naming the job
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -371,17 +373,20 @@ async def test_refused_create_fails_its_step_and_is_never_sent_again(
     assert sum(r.stored for r in result.records) == 2
 
 
-async def test_a_rate_limited_create_made_nothing_and_is_sent_again(vendor_env, fast_retries, tmp_path) -> None:
+async def test_a_rate_limited_create_made_nothing_and_is_sent_again(vendor_env, fast_retries, tmp_path, caplog) -> None:
     """HTTP 429 in the vendor's envelope is a limit's refusal (no job): the step sends it again after the
     Retry-After, and the item is stored, paid once."""
     emu = vendor_env
-    emu.inject("rate_limit", endpoint="create", times=2, retry_after=0.05)
+    emu.inject("rate_limit", endpoint="create", times=2, retry_after=0.3)  # longer than any backoff (0.2 s)
     items = [{"prompt": f"Rate limited create: scene {i}", "duration": 3, "mode": "std"} for i in range(3)]
-    result = await batch(prompts=items, max_concurrency=1, run_key="refused-rate", output_dir=str(tmp_path), **FAST)
+    with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
+        result = await batch(prompts=items, max_concurrency=1, run_key="refused-rate", output_dir=str(tmp_path), **FAST)
     stats = emu.stats()
     assert [r.status for r in result.records] == ["stored"] * 3
     assert stats.create_requests == 5 and stats.creates == 3  # two refusals sent again, each item paid once
     assert creates_by_prompt(emu) == Counter(item["prompt"] for item in items)
+    pauses = re.findall(r"nothing was created\. Sending the create again in ([\d.]+) s", caplog.text)
+    assert pauses == ["0.30", "0.30"], caplog.text[-2000:]  # the vendor's Retry-After, not the shorter backoff
 
 
 async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sums_amounts(
