@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
 
-from kling_prefect import AccountBusy, JobMayHaveBeenCreated, KlingO3TextToVideo, ShortAPIClient, media
+from kling_prefect import AccountBusy, JobMayHaveBeenCreated, KlingO3TextToVideo, SyncShortAPIClient, media
 from kling_prefect.concurrency import AccountLimiter, account_limiter, learned_account_limit
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.emulator import Emulator
@@ -204,7 +206,7 @@ def test_a_step_that_gave_up_on_a_busy_account_says_so_on_one_line() -> None:
 @pytest.fixture
 def busy_vendor(prefect_server, monkeypatch) -> Iterator[Emulator]:
     """An emulator of this test's own whose account runs one job at once, in the environment flows read. Jobs
-    take 0.3 s; an occupier's (see :func:`occupy`) 2 s, longer than a flow takes to start."""
+    take 0.3 s; an occupier's (see :func:`occupy_now`) 2 s."""
 
     def job_time(model: str, args: Any) -> float:
         return 400.0 if str(args.get("prompt", "")).startswith(OCCUPIER) else 60.0
@@ -254,26 +256,34 @@ async def test_four_clips_at_once_on_an_account_of_one_are_all_made_paying_four(
     assert stats.max_in_flight == 1
     report = account_limiter(ShortAPICredentials.from_env()).report()
     assert report is not None and report.accepted_at_once == 1 and report.refusals == stats.account_refusals
-    assert learned_account_limit() == 1
+    assert learned_account_limit() in (1, 2)  # what it accepted, or one probe above it not refused yet
 
     told = [m for m in await flow_run_logs(state.state_details.flow_run_id) if "at once on this account" in m]
+    print(f"creates {stats.creates}, refused {stats.account_refusals}, told: {told}")  # shown by `pytest -rP`
     assert len(told) == 1, told  # once per run, in the run's own log
     assert told[0].startswith("ShortAPI accepted 1 job at once on this account and refused more")
     assert "--max-concurrency 1" in told[0] and "kling-prefect setup --jobs-limit 1" in told[0]
 
 
+OCCUPIER_REQUEST = KlingO3TextToVideo(prompt=f"{OCCUPIER}: another worker's job", duration=3, mode="std")
+
+
+def occupy_now() -> str:
+    """Another job on the account (another worker's), made just now: the account's one slot is taken for 2 s."""
+    with SyncShortAPIClient(TEST_KEY, os.environ["SHORTAPI_BASE_URL"]) as client:
+        while True:
+            try:
+                return client.create_job(OCCUPIER_REQUEST).job_id
+            except AccountBusy:  # an earlier occupier still runs
+                time.sleep(0.05)
+
+
 @flow
 def one_clip_sync(run_key: str, busy_timeout: float | None = None) -> str:
-    """A sync flow: the clip path runs on Prefect's own loop thread."""
+    """A sync flow (the clip path runs on Prefect's own loop thread) on an account another job has just filled."""
+    occupy_now()
     options = {} if busy_timeout is None else {"busy_timeout": busy_timeout}
     return str(generate_video(clip_request(9), run_key=run_key, **FAST, **options).local_path)
-
-
-async def occupy(emu: Emulator) -> str:
-    """Another job on the account (another worker's): the account's one slot is taken for 2 s."""
-    async with ShortAPIClient(TEST_KEY, emu.base_url) as client:
-        occupier = KlingO3TextToVideo(prompt=f"{OCCUPIER}: another worker's job", duration=3, mode="std")
-        return (await client.create_job(occupier)).job_id
 
 
 def test_a_sync_flow_waits_for_a_full_account_and_a_step_past_busy_timeout_can_be_sent_again(
@@ -281,13 +291,11 @@ def test_a_sync_flow_waits_for_a_full_account_and_a_step_past_busy_timeout_can_b
 ) -> None:
     emu = busy_vendor
     monkeypatch.chdir(tmp_path)
-    asyncio.run(occupy(emu))
     path = Path(one_clip_sync("rk-sync-busy"))  # refused while the other job runs, then sent again
     stats = emu.stats()
     assert media.is_decodable_mp4(path) and stats.creates == 2 and stats.account_refusals >= 1
 
     # busy_timeout=0: the first refusal fails the step, and the ledger says it made nothing ...
-    asyncio.run(occupy(emu))
     failed = one_clip_sync("rk-sync-gave-up", busy_timeout=0.0, return_state=True)
     with pytest.raises(AccountBusy, match="busy_timeout"):
         failed.result()
@@ -296,8 +304,8 @@ def test_a_sync_flow_waits_for_a_full_account_and_a_step_past_busy_timeout_can_b
     # ... so a re-run with the same run key sends it (no JobMayHaveBeenCreated), once the account has room.
     again = Path(one_clip_sync("rk-sync-gave-up"))
     after = emu.stats()
-    assert media.is_decodable_mp4(again) and after.creates == 4
-    assert after.create_requests - after.account_refusals == 4  # every accepted create is one clip or occupier
+    assert media.is_decodable_mp4(again) and after.creates == 5  # 3 occupiers, 2 clips
+    assert after.create_requests - after.account_refusals == 5  # every accepted create is a clip or an occupier
 
 
 async def test_clips_under_a_jobs_limit_never_wait_on_each_other_for_the_account(
@@ -310,10 +318,10 @@ async def test_clips_under_a_jobs_limit_never_wait_on_each_other_for_the_account
     emu = busy_vendor
     monkeypatch.chdir(tmp_path)
     await setup_limits("kling-account-test-jobs", 1)
-    await occupy(emu)
 
     @flow
     async def two(run_key: str) -> list[str]:
+        await asyncio.to_thread(occupy_now)
         clips = await asyncio.gather(
             *(
                 generate_video(clip_request(n), run_key=run_key, step=f"shot-{n}", jobs_limit="kling-account-test-jobs",
@@ -384,6 +392,7 @@ def test_a_batch_wider_than_the_account_stores_every_clip_paying_each_once(prefe
     (limits,) = result["account_limits"]
     assert limits["accepted_at_once"] == 2 and limits["refusals"] == stats.account_refusals
     lines = done.stderr.splitlines()
+    print(f"creates {stats.creates}, refused {stats.account_refusals}, stderr ends: {lines[-2:]}")  # `pytest -rP`
     told = [line for line in lines if line.startswith("ShortAPI accepted 2 jobs at once on this account")]
     assert len(told) == 1, done.stderr[-3000:]
     assert "--max-concurrency 2" in told[0] and "--jobs-limit kling-jobs-in-flight" in told[0]
