@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from kling_prefect.client import CreatedJob, Job, PollPolicy, RetryPolicy, ShortAPIClient, SyncShortAPIClient
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.exceptions import (
+    AccountBusy,
     AuthenticationFailed,
     BatchInputError,
     BudgetExceeded,
@@ -51,6 +52,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccountBusy",
     "AuthenticationFailed",
     "BatchInputError",
     "BudgetExceeded",

@@ -1,4 +1,5 @@
-"""Limits shared by every worker: jobs in flight at the vendor, and (optionally) a create rate and a query rate.
+"""Limits on jobs in flight and requests: the ones shared by every worker (Prefect limits: jobs in flight,
+optionally a create rate and a query rate), and the account's own, learned.
 
 Kling limits how many jobs an account may have running. A Prefect *global* concurrency limit lives on the
 Prefect server, so it holds across every worker and process that talks to that server. A slot is taken
@@ -17,6 +18,11 @@ is different: it is not required, and every process's query cap uses it when it 
 A held slot is a *lease* on the server, renewed while the job runs. If the process holding it dies, the
 server frees the slot when the lease expires (``lease_duration``, 5 minutes by default).
 
+The vendor account has a limit of its own (Kling: jobs running at once per account; a create over it is refused
+with HTTP 429, code 1303, and makes nothing). :class:`AccountLimiter` learns it from those refusals, per process
+and account: every step takes one of its slots before its create and gives it back when its job ended, so a
+process that was told "no more" keeps no more jobs in flight than the vendor accepted, and probes upward slowly.
+
 Examples:
     ```python
     from kling_prefect.concurrency import job_slot
@@ -28,9 +34,15 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import threading
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from prefect.client.orchestration import get_client
@@ -45,6 +57,22 @@ if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
+
+__all__ = [
+    "DEFAULT_JOBS_LIMIT",
+    "AccountLimitReport",
+    "AccountLimiter",
+    "AccountSlot",
+    "account_limiter",
+    "account_reports",
+    "account_step",
+    "create_rate_slot",
+    "current_account_slot",
+    "job_slot",
+    "learned_account_limit",
+    "require_limit",
+    "setup_limits",
+]
 
 DEFAULT_JOBS_LIMIT = "kling-jobs-in-flight"
 DEFAULT_CREATE_RATE_LIMIT = "kling-job-creates"
@@ -261,3 +289,331 @@ async def _upsert(client: PrefectClient, name: str, limit: int, decay: float) ->
         name, GlobalConcurrencyLimitUpdate(limit=limit, active=True, slot_decay_per_second=decay)
     )
     return "updated"
+
+
+# --------------------------------------------------------------------------------------------- the account's limit
+
+#: Creates accepted without a refusal, as a multiple of the limit, before the limit is probed one higher.
+PROBE_PATIENCE = 2
+#: The patience doubles each time a probe is refused (the limit was right), up to this multiple.
+MAX_PROBE_PATIENCE = 32
+#: Runs remembered as told about the account's limit (a long-lived worker runs many).
+_TOLD_RUNS = 1024
+
+
+@dataclass(frozen=True)
+class AccountLimitReport:
+    """What a process learned of a vendor account's concurrency limit from its refusals.
+
+    Attributes:
+        accepted_at_once: jobs of this process the account was running when it last refused one more (raised by
+            answers that crossed that refusal); 0 when other work held every slot.
+        limit: how many jobs the process keeps in flight on the account now (probed upward from that).
+        refusals: creates the account refused for its concurrency in this process (each made nothing).
+    """
+
+    accepted_at_once: int
+    limit: int
+    refusals: int
+
+    def describe(self) -> str:
+        """One line: what the account accepted and how to avoid the refusals (the log and the CLI say it)."""
+        n = self.accepted_at_once
+        refused = f"{self.refusals} create" + ("s" if self.refusals != 1 else "")
+        if n == 0:
+            return (
+                f"ShortAPI refused {refused} for the account's concurrency while no job of this process was running: "
+                "other work on the same key (another worker or process) held its slots; nothing was created for the "
+                "refused creates, which were sent again later. To avoid the refusals, share one jobs limit between "
+                "every process on this key (kling-prefect setup --jobs-limit N, then --jobs-limit kling-jobs-in-flight)"
+            )
+        jobs = f"{n} job" + ("s" if n != 1 else "")
+        return (
+            f"ShortAPI accepted {jobs} at once on this account and refused more ({refused} refused for the "
+            f"account's concurrency, nothing created or paid for them; each was sent again as jobs ended). To avoid "
+            f"the refusals, set --max-concurrency {n} (max_concurrency={n}) or a jobs limit of {n} for every worker "
+            f"on this key (kling-prefect setup --jobs-limit {n}, then --jobs-limit kling-jobs-in-flight)"
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON-friendly (the CLI's ``--json``)."""
+        return {"accepted_at_once": self.accepted_at_once, "limit": self.limit, "refusals": self.refusals}
+
+
+@dataclass
+class _Waiter:
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+class AccountLimiter:
+    """How many jobs one process keeps in flight on one vendor account, learned from the account's refusals.
+
+    No limit until the vendor refuses a create for the account's concurrency. Then (:meth:`refused`) the limit
+    becomes the jobs this process had running at that moment, which is what the account accepted (at least 1,
+    so a step whose slots other work holds still tries, with backoff). Creates that were out when the refusal
+    came back and are accepted raise it to the jobs running at once then (the account did accept that many). After
+    ``patience x limit`` creates accepted without a refusal the limit is probed one higher; each refused probe
+    doubles the patience (up to :data:`MAX_PROBE_PATIENCE`), so a limit that is right costs a refusal rarely.
+    Only creates accepted with the limit full count towards a probe: a limit not in use says nothing of the next.
+
+    A step holds one slot from before its create until its job ended (:class:`AccountSlot`). Slots are shared
+    by every event loop and thread of the process (sync flows run on Prefect's own loop thread, tasks submitted
+    to a thread pool on theirs): the state is under a lock, and a waiter is woken on its own loop.
+    """
+
+    def __init__(self, *, patience: int = PROBE_PATIENCE) -> None:
+        self._lock = threading.Lock()
+        self._limit: int | None = None
+        self._held = 0  # slots taken: a create about to be sent or a job in flight
+        self._jobs = 0  # of those, jobs the account accepted that have not ended
+        self._waiters: deque[_Waiter] = deque()
+        self._refusals = 0
+        self._accepted_at_once: int | None = None
+        self._crossing = 0  # creates in progress when the account last refused: their answers crossed it
+        self._base_patience = patience
+        self._patience = patience
+        self._streak = 0
+        self._probed = False  # the limit was last raised by a probe
+        self._told: OrderedDict[str, None] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"AccountLimiter(limit={self._limit}, held={self._held}, jobs={self._jobs})"
+
+    @property
+    def limit(self) -> int | None:
+        """Jobs the process keeps in flight on the account (``None``: none refused yet, no limit)."""
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        """Slots held now (creates being sent and jobs running)."""
+        return self._held
+
+    # -- slots
+
+    def _free(self) -> bool:
+        return self._limit is None or self._held < self._limit
+
+    async def acquire(self) -> None:
+        """Wait for a slot (first come, first served) and take it."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if not self._waiters and self._free():
+                self._held += 1
+                return
+            waiter = _Waiter(loop, loop.create_future())
+            self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except BaseException:
+            with self._lock:
+                queued = waiter in self._waiters
+                if queued:
+                    self._waiters.remove(waiter)
+            # Handed a slot as this wait was cancelled: give it back (a cancelled future is handled by _grant).
+            if not queued and waiter.future.done() and not waiter.future.cancelled():
+                self.release()
+            raise
+
+    def take(self) -> None:
+        """Take a slot without waiting (a job that already exists, resumed), even over the limit."""
+        with self._lock:
+            self._held += 1
+
+    def release(self, *, job: bool = False) -> None:
+        """Give a slot back (``job``: its job ended) and wake who may take one now."""
+        with self._lock:
+            self._held = max(0, self._held - 1)
+            if job:
+                self._jobs = max(0, self._jobs - 1)
+            granted = self._grant_locked()
+        self._wake(granted)
+
+    def accepted(self, *, created: bool = True) -> None:
+        """A held slot's step has a job at the account: ``created`` by its create now, or resumed."""
+        with self._lock:
+            self._jobs += 1
+            if created and self._limit is not None:
+                if self._crossing > 0:  # sent before the refusal came back, accepted: the account took this many
+                    self._crossing -= 1
+                    self._limit = max(self._limit, self._jobs)
+                    self._accepted_at_once = max(self._accepted_at_once or 0, self._jobs)
+                if self._jobs >= self._limit:  # only a limit in use says anything about the next one up
+                    self._streak += 1
+                if self._streak >= self._patience * self._limit:
+                    self._limit += 1
+                    self._streak = 0
+                    self._probed = True
+            granted = self._grant_locked()
+        self._wake(granted)
+
+    def refused(self) -> int:
+        """A held slot's create was refused for the account's concurrency: learn from it; returns the new limit.
+
+        The caller still holds its slot (it gives it back with :meth:`release`).
+        """
+        with self._lock:
+            running = self._jobs
+            if self._probed and self._limit is not None and running >= self._limit - 1:
+                self._patience = min(MAX_PROBE_PATIENCE, self._patience * 2)  # the probe found the same limit
+            self._limit = max(1, running)
+            self._accepted_at_once = running
+            # The other creates out now (slots held without a job, this one's aside) may come back accepted.
+            self._crossing = max(0, self._held - self._jobs - 1)
+            self._refusals += 1
+            self._streak = 0
+            self._probed = False
+            return self._limit
+
+    def _grant_locked(self) -> list[_Waiter]:
+        granted = []
+        while self._waiters and self._free():
+            granted.append(self._waiters.popleft())
+            self._held += 1
+        return granted
+
+    def _wake(self, granted: list[_Waiter]) -> None:
+        for waiter in granted:
+            try:
+                waiter.loop.call_soon_threadsafe(self._grant, waiter.future)
+            except RuntimeError:  # its loop has closed: nobody waits for this slot
+                self.release()
+
+    def _grant(self, future: asyncio.Future[None]) -> None:
+        if future.done():  # cancelled while the slot was on its way
+            self.release()
+        else:
+            future.set_result(None)
+
+    # -- what it learned
+
+    def report(self) -> AccountLimitReport | None:
+        """What was learned, once the account refused a create (``None`` before)."""
+        with self._lock:
+            if self._accepted_at_once is None or self._limit is None:
+                return None
+            return AccountLimitReport(self._accepted_at_once, self._limit, self._refusals)
+
+    def tell_once(self, run: str) -> AccountLimitReport | None:
+        """The report, the first time this is asked for ``run`` (a flow run id) after a refusal; else ``None``."""
+        report = self.report()
+        if report is None:
+            return None
+        with self._lock:
+            if run in self._told:
+                return None
+            self._told[run] = None
+            while len(self._told) > _TOLD_RUNS:
+                self._told.popitem(last=False)
+        return report
+
+    def reset(self) -> None:
+        """Forget what was learned (tests; a plan change at the vendor). Slots held stay held."""
+        with self._lock:
+            self._limit = None
+            self._accepted_at_once = None
+            self._crossing = 0
+            self._refusals = 0
+            self._patience = self._base_patience
+            self._streak = 0
+            self._probed = False
+            self._told.clear()
+            granted = self._grant_locked()
+        self._wake(granted)
+
+
+class AccountSlot:
+    """One step's place in its account's :class:`AccountLimiter`: none, held for a create, or its job's.
+
+    :func:`account_step` makes one for a clip (``generate_video``): the submit task finds it
+    (:func:`current_account_slot`), takes it before each create and gives it back when a create is refused; the
+    clip gives it back when its job ended.
+    """
+
+    def __init__(self, limiter: AccountLimiter) -> None:
+        self.limiter = limiter
+        self.state = "none"
+
+    async def acquire(self) -> None:
+        """Hold a slot for a create (waiting for one); a no-op when one is held already."""
+        if self.state == "none":
+            await self.limiter.acquire()
+            self.state = "held"
+
+    def accepted(self, *, created: bool = True) -> None:
+        """The step has a job at the account (``created`` now, or resumed from an earlier attempt)."""
+        if self.state == "job":
+            return
+        if self.state == "none":
+            self.limiter.take()
+        self.limiter.accepted(created=created)
+        self.state = "job"
+
+    def refused(self, *, busy: bool) -> None:
+        """The create was refused and made nothing (``busy``: for the account's concurrency, which teaches the
+        limiter); the slot is given back."""
+        if busy and self.state == "held":
+            self.limiter.refused()
+        self.release()
+
+    def release(self) -> None:
+        """Give the slot back, if one is held (its job ended, or the step stopped)."""
+        if self.state != "none":
+            self.limiter.release(job=self.state == "job")
+            self.state = "none"
+
+
+_limiters: dict[tuple[str, str], AccountLimiter] = {}
+_limiters_lock = threading.Lock()
+_STEP_SLOT: ContextVar[AccountSlot | None] = ContextVar("kling_prefect_account_slot", default=None)
+
+
+def _account(credentials: Any) -> tuple[str, str]:
+    """An account's identity: its API root and a digest of its key (the key itself is never kept)."""
+    key = credentials.api_key.get_secret_value() if credentials is not None else ""
+    base = str(getattr(credentials, "base_url", "") or "")
+    return base.rstrip("/"), hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def account_limiter(credentials: ShortAPICredentials) -> AccountLimiter:
+    """The process's limiter of the account these credentials use (one per API root and key)."""
+    account = _account(credentials)
+    with _limiters_lock:
+        limiter = _limiters.get(account)
+        if limiter is None:
+            limiter = _limiters[account] = AccountLimiter()
+        return limiter
+
+
+def account_reports() -> list[AccountLimitReport]:
+    """What this process learned of each account that refused a create (usually one, or none)."""
+    with _limiters_lock:
+        limiters = list(_limiters.values())
+    return [report for report in (limiter.report() for limiter in limiters) if report is not None]
+
+
+def learned_account_limit(credentials: ShortAPICredentials | None = None) -> int | None:
+    """The jobs this process keeps in flight on the account (``None``: it refused nothing yet).
+
+    Args:
+        credentials: whose account (default: ``SHORTAPI_KEY``/``SHORTAPI_BASE_URL``).
+    """
+    return account_limiter(credentials or ShortAPICredentials.from_env()).limit
+
+
+def current_account_slot() -> AccountSlot | None:
+    """The slot of the clip being made in this context (set by :func:`account_step`), if any."""
+    return _STEP_SLOT.get()
+
+
+@asynccontextmanager
+async def account_step(credentials: ShortAPICredentials) -> AsyncIterator[AccountSlot]:
+    """A clip's slot in its account's limiter for the body; given back at the end if still held."""
+    slot = AccountSlot(account_limiter(credentials))
+    token = _STEP_SLOT.set(slot)
+    try:
+        yield slot
+    finally:
+        _STEP_SLOT.reset(token)
+        slot.release()

@@ -113,8 +113,10 @@ class ShortAPICredentials(CredentialsBlock):
             bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
         max_queries_per_second: the cap on job queries per second shared by every wait in a process (0: none).
-        lease_url: a Redis URL (``redis://host:6379/0``) holding the step leases, for workers on several machines
-            sharing one result storage; unset, leases are files on this machine. See :mod:`kling_prefect.leases`.
+        lease_url: a Redis URL (``redis://:password@host:6379/0``) holding the step leases, for workers on several
+            machines sharing one result storage; unset, leases are files on this machine. A ``SecretStr`` like the
+            key (it may carry a password): stored encrypted, shown as ``**********``, read with
+            :meth:`lease_url_value`. See :mod:`kling_prefect.leases`.
         lease_seconds: how long a Redis lease outlives a holder that died (renewed every third of it while held).
 
     Examples:
@@ -157,9 +159,10 @@ class ShortAPICredentials(CredentialsBlock):
         allow_inf_nan=False,
         description="Cap on job queries per second shared by every wait in a process (0: no cap).",
     )
-    lease_url: str | None = Field(
+    lease_url: SecretStr | None = Field(
         default=None,
-        description="Redis URL of the step leases for workers on several machines (unset: file leases).",
+        description="Redis URL of the step leases for workers on several machines (unset: file leases); secret: "
+        "it may carry a password.",
     )
     lease_seconds: float = Field(
         default=10.0,
@@ -180,8 +183,9 @@ class ShortAPICredentials(CredentialsBlock):
 
     @field_validator("lease_url")
     @classmethod
-    def _check_lease_url(cls, value: str | None) -> str | None:
-        return check_lease_url(value) if value and value.strip() else None
+    def _check_lease_url(cls, value: SecretStr | None) -> SecretStr | None:
+        text = value.get_secret_value() if value is not None else ""
+        return SecretStr(check_lease_url(text)) if text.strip() else None  # the error never echoes the URL
 
     @field_validator("callback_listen")
     @classmethod
@@ -229,6 +233,10 @@ class ShortAPICredentials(CredentialsBlock):
             if problem:
                 raise ValueError(f"{variable}: {problem}, got {text[:40]!r}")
         return cls(api_key=SecretStr(key), **settings)
+
+    def lease_url_value(self) -> str | None:
+        """The lease URL itself, for the lease store only (never log it: it may carry a password)."""
+        return self.lease_url.get_secret_value() if self.lease_url is not None else None
 
     def retry_policy(self) -> RetryPolicy:
         """The :class:`~kling_prefect.client.RetryPolicy` these settings describe."""

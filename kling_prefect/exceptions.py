@@ -77,6 +77,17 @@ class RateLimited(TransientError):
         self.retry_after = retry_after
 
 
+class AccountBusy(RateLimited):
+    """The vendor refused a ``job/create`` because the account runs as many jobs at once as it allows.
+
+    Kling answers such a create with HTTP 429 and code 1303 ("parallel task over resource pack limit"): each job
+    holds one of the account's slots from submission until it ends. The refusal is an error envelope, so it
+    made no job and cost nothing; :func:`~kling_prefect.tasks.submit_kling_job` sends the create again after a
+    pause (``retry_after``, then backoff) until the step's ``busy_timeout``, and the process lowers how many jobs
+    it keeps in flight (:class:`~kling_prefect.concurrency.AccountLimiter`).
+    """
+
+
 class VendorUnavailable(TransientError):
     """The service failed to answer properly: 5xx, an HTML error page, malformed JSON, a timeout or reset."""
 

@@ -16,8 +16,11 @@ The flows are async: await them in async code, or call them from plain Python wi
     result = asyncio.run(continuation(["A paper boat sets sail", "It drifts into a storm"]))
 
 ``jobs_limit`` names a Prefect global concurrency limit on jobs in flight across all workers (create it with
-``kling-prefect setup``); ``create_rate_limit`` a rate limit on creates. Secrets never travel as parameters:
-flows take the *name* of a ``ShortAPICredentials`` block, or read ``SHORTAPI_KEY``/``SHORTAPI_BASE_URL``.
+``kling-prefect setup``); ``create_rate_limit`` a rate limit on creates. ``timeout_seconds`` bounds each clip's
+wait for its job and, separately, how long a create the vendor account refused for its concurrency is sent again
+(the clip's ``busy_timeout``; each refusal made nothing, see :mod:`kling_prefect.concurrency`). Secrets never
+travel as parameters: flows take the *name* of a ``ShortAPICredentials`` block, or read
+``SHORTAPI_KEY``/``SHORTAPI_BASE_URL``.
 
 Examples:
     ```python

@@ -12,9 +12,12 @@ Two kinds of lease, chosen by one setting (the credentials' ``lease_url``, ``SHO
 
 - **Files** (no setting; one machine): an exclusive ``flock`` on a file beside the run's result storage when
   that storage is a local folder, else under ``$PREFECT_HOME/kling-prefect/leases``. The kernel releases the
-  lock the moment its process dies (``SIGKILL`` included), so a dead holder never blocks the step. Processes on
-  *other* machines do not see these locks: with result storage shared between machines (S3, a network share),
-  set ``lease_url``.
+  lock the moment its process dies (``SIGKILL`` included), so a dead holder never blocks the step. The holder
+  removes the file as it lets go, while it still holds the lock, so a batch leaves no file per step behind; an
+  attempt that opened the file before that gets the lock on a file no longer at the path, sees that (the path
+  names another inode, or none) and opens the path again, so two attempts never hold the lease at once. A
+  holder killed mid-create leaves its file, and the next holder removes it. Processes on *other* machines do
+  not see these locks: with result storage shared between machines (S3, a network share), set ``lease_url``.
 - **Redis** (``lease_url="redis://host:6379/0"``; several machines): ``SET key token NX PX ttl``, renewed by a
   heartbeat every third of ``lease_seconds`` while held, released by compare-and-delete (a lease that expired
   and was taken by another attempt is never deleted by the old holder). A holder that dies stops renewing: the
@@ -118,30 +121,57 @@ async def step_lease(
 async def _file_lease(path: Path, on_wait: Callable[[], None] | None) -> AsyncIterator[None]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise LeaseUnavailable(f"cannot open the step's lease file {path}: {exc}") from exc
+        raise LeaseUnavailable(f"cannot make the folder of the step's lease file {path}: {exc}") from exc
+    fd = await _lock_file(path, on_wait)
     try:
-        tries = 0
-        while True:
-            try:
-                # flock locks belong to the open file description: two tasks of one process exclude each other
-                # too, and the kernel drops the lock when the process dies.
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise LeaseUnavailable(f"cannot lock the step's lease file {path}: {exc}") from exc
-            if tries == 0 and on_wait is not None:
-                on_wait()
-            await asyncio.sleep(_pause(tries))
-            tries += 1
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        # Removed while still held, by the holder only: whoever opened this file meanwhile re-checks the path
+        # once it gets the lock (see _lock_file), and whoever opens the path from now on makes a new file.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
+async def _lock_file(path: Path, on_wait: Callable[[], None] | None) -> int:
+    """A descriptor of the file at ``path``, exclusively locked, the path still naming that very file."""
+    tries = 0
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise LeaseUnavailable(f"cannot open the step's lease file {path}: {exc}") from exc
+        try:
+            while True:
+                try:
+                    # flock locks belong to the open file description: two tasks of one process exclude each
+                    # other too, and the kernel drops the lock when the process dies.
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise LeaseUnavailable(f"cannot lock the step's lease file {path}: {exc}") from exc
+                if tries == 0 and on_wait is not None:
+                    on_wait()
+                await asyncio.sleep(_pause(tries))
+                tries += 1
+            if _names(path, fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder before us removed the file it held: lock the one at the path now
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed, not replaced by a new one)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _redis_client(url: str) -> redis.asyncio.Redis:

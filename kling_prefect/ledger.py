@@ -8,7 +8,8 @@ submissions live too), keyed like the step itself: run key + step + request (:fu
   there on a later attempt, the create may have been accepted without its answer being recorded (a timeout
   after sending, a reset, the process killed mid-request), so :meth:`StepLedger.before_create` refuses to send
   the step again, naming when, until the caller says ``resubmit_uncertain=True`` after checking the vendor's
-  dashboard. A refusal clears it (no job was created).
+  dashboard. A refusal clears it (no job was created); a limit's refusal (the account's concurrency, its
+  request rate) is then sent again by the submit task after a pause, outside the lease.
 - **Created job** (:meth:`StepLedger.note_created`): the vendor's answer replaces the note the moment it
   arrives, before the submit task returns and Prefect caches its result. An attempt that finds it (that result
   was never saved: the process killed just after the answer, a result-storage failure) resumes that job.

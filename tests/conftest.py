@@ -49,11 +49,13 @@ def emulator_server():
 
 @pytest.fixture
 def emulator(emulator_server):
-    """The session emulator with clean counters and no faults."""
+    """The session emulator with clean counters, no faults and no account concurrency rule."""
     emulator_server.clear_faults()
+    emulator_server.set_account_concurrency(None)
     emulator_server.reset_stats()
     yield emulator_server
     emulator_server.clear_faults()
+    emulator_server.set_account_concurrency(None)
 
 
 @pytest.fixture

@@ -458,7 +458,9 @@ def test_the_users_start_up_timeout_wins(tmp_path) -> None:
 
 def test_emulator_command_serves_until_stopped() -> None:
     process = subprocess.Popen(
-        [CLI, "emulator", "--port", "0", "--time-scale", "0.01"], stdout=subprocess.PIPE, text=True
+        [CLI, "emulator", "--port", "0", "--time-scale", "0.01", "--account-concurrency", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = process.stdout.readline()  # type: ignore[union-attr]
@@ -466,8 +468,14 @@ def test_emulator_command_serves_until_stopped() -> None:
         import httpx
 
         url = line.rsplit(" ", 1)[1].strip()
-        reply = httpx.get(f"{url}/api/v1/job/query", params={"id": "nope"}, headers={"Authorization": "Bearer k"})
+        auth = {"Authorization": "Bearer k"}
+        reply = httpx.get(f"{url}/api/v1/job/query", params={"id": "nope"}, headers=auth)
         assert reply.status_code == 404 and reply.json()["code"] != 0
+        # --account-concurrency 1: a second job while the first runs (~1 s at this scale) is refused
+        body = {"model": "kwaivgi/kling-o3/text-to-video", "args": {"prompt": "x", "duration": 3, "mode": "std"}}
+        assert httpx.post(f"{url}/api/v1/job/create", json=body, headers=auth).json()["code"] == 0
+        refused = httpx.post(f"{url}/api/v1/job/create", json=body, headers=auth)
+        assert (refused.status_code, refused.json()["code"]) == (429, 1303)
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0

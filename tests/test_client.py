@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from kling_prefect import (
+    AccountBusy,
     AuthenticationFailed,
     DownloadFailed,
     JobFailed,
@@ -31,6 +32,7 @@ from kling_prefect import (
     estimate_cost,
 )
 from kling_prefect.client import RetryPolicy, interpret_response, job_from_data, parse_retry_after
+from kling_prefect.client.responses import refused_create
 from kling_prefect.emulator import Emulator
 
 from .conftest import TEST_KEY
@@ -116,6 +118,19 @@ async def test_create_is_never_retried(client, emulator) -> None:
         await client.create_job(REQUEST)
     assert emulator.stats().create_requests == 3
     assert emulator.stats().creates == 0
+
+
+async def test_a_create_over_the_accounts_concurrency_is_account_busy_and_made_nothing(client, emulator) -> None:
+    emulator.set_account_concurrency(1)
+    first = await client.create_job(REQUEST)
+    with pytest.raises(AccountBusy) as caught:
+        await client.create_job(REQUEST)  # the first one still runs: the account is full
+    busy = caught.value
+    assert busy.status_code == 429 and busy.raw == {"code": 1303, "message": "parallel task over resource pack limit"}
+    assert "parallel task over resource pack limit" in str(busy) and refused_create(busy)
+    stats = emulator.stats()
+    assert (stats.create_requests, stats.creates, stats.account_refusals) == (2, 1, 1)
+    assert list(stats.jobs) == [first.job_id]
 
 
 async def test_dropped_create_is_reported_as_maybe_created(client, emulator) -> None:
@@ -281,6 +296,32 @@ def _response(status: int, body: str | bytes, headers: dict[str, str] | None = N
 def test_interpret_response_classifies(status, body, error) -> None:
     with pytest.raises(error):
         interpret_response(_response(status, body), operation="job/query")
+
+
+BUSY = '{"code": 1303, "message": "parallel task over resource pack limit"}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "create", "error"),
+    [
+        (429, BUSY, True, AccountBusy),  # Kling's answer to a create over the account's concurrency
+        (200, BUSY, False, AccountBusy),  # the code says it, whatever the HTTP status or operation
+        (400, '{"code": 1, "message": "Too many running tasks, retry later"}', True, AccountBusy),
+        (200, '{"code": 9, "msg": "concurrent job limit reached: your token allows 2"}', True, AccountBusy),
+        (429, '{"code": 429, "message": "slow down"}', True, AccountBusy),  # a create's 429: its account slot
+        (429, '{"code": 429, "message": "slow down"}', False, RateLimited),  # a query holds no slot: a rate
+        (429, '{"code": 429, "message": "too many requests"}', True, RateLimited),  # the request rate, said
+        (429, '{"code": 1302, "message": "API request too fast"}', True, RateLimited),
+        (429, "<html><body>429 Too Many Requests</body></html>", True, RateLimited),  # not the vendor's envelope
+    ],
+)
+def test_limits_are_told_apart_and_only_envelopes_are_refused_creates(status, body, create, error) -> None:
+    with pytest.raises(RateLimited) as caught:
+        interpret_response(_response(status, body, {"Retry-After": "2"}), operation="job/create", create=create)
+    assert type(caught.value) is error
+    assert caught.value.retry_after == 2
+    assert refused_create(caught.value) is body.startswith("{")  # an HTML 429 page's create is not sent again
+    assert not refused_create(VendorUnavailable("job/create: HTTP 502 with an HTML page", status_code=502))
 
 
 def test_interpret_response_accepts_string_code_and_reads_retry_after() -> None:

@@ -345,6 +345,38 @@ def test_fail_rate_fails_jobs(workdir: Path) -> None:
     assert data["result"] is None
 
 
+def test_account_concurrency_refuses_creates_while_the_account_is_full(workdir: Path) -> None:
+    """Kling's rule: a job holds a slot from submission until it ends; queries hold none; a create over the
+    limit is refused (HTTP 429, code 1303) and makes no job. Off unless asked for."""
+    with Emulator(time_scale=TIME_SCALE, job_time=job_time, workdir=workdir, account_concurrency=2) as emu:
+        with httpx.Client(base_url=emu.base_url, headers=AUTH) as client:
+            running = [create(client, SLOW), create(client, SLOW)]
+            for _ in range(3):  # queries of the running jobs take no slot and free none
+                assert query(client, running[0])["status"] in (0, 1)
+            refused = client.post("/api/v1/job/create", json={"model": T2V, "args": SLOW})
+            assert refused.status_code == 429
+            assert refused.json() == {"code": 1303, "message": "parallel task over resource pack limit"}
+            stats = emu.stats()
+            assert (stats.create_requests, stats.creates, stats.account_refusals, stats.in_flight) == (3, 2, 1, 2)
+            wait_terminal(client, running[0])  # a job that ended gives its slot back
+            create(client, SLOW)
+            emu.set_account_concurrency(None)  # off again: any number runs
+            for _ in range(3):
+                create(client, FAST)
+            stats = emu.stats()
+    assert (stats.creates, stats.account_refusals) == (6, 1)
+    assert stats.max_in_flight >= 4  # the last SLOW job and three FAST ones ran at once, over the old limit
+    with pytest.raises(ValueError, match="account_concurrency"):
+        Emulator(account_concurrency=0)
+
+
+def test_account_concurrency_is_off_by_default(emu: Emulator, api: httpx.Client) -> None:
+    for _ in range(6):
+        create(api, SLOW)
+    stats = emu.stats()
+    assert (stats.creates, stats.account_refusals, stats.in_flight) == (6, 0, 6)
+
+
 # ---------------------------------------------------------------------------------- errors & validation
 
 

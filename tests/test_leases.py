@@ -108,6 +108,43 @@ async def test_a_second_holder_waits_until_the_first_releases(
     assert waited == ["b"]
 
 
+async def test_a_file_lease_leaves_no_file_and_an_attempt_that_opened_the_removed_one_waits_its_turn(
+    tmp_path: Path,
+) -> None:
+    """The holder removes its file as it lets go. An attempt that opened it before then must not take the lease
+    on that removed file while a newcomer holds the lease on the new file at the same path."""
+    inside: list[str] = []
+    overlaps: list[tuple[str, ...]] = []
+    a_may_go = asyncio.Event()
+    c_may_go = asyncio.Event()
+
+    async def hold(name: str, until: asyncio.Event | None = None) -> None:
+        async with step_lease("kling-lease-test", lease_url=None, directory=tmp_path):
+            inside.append(name)
+            if len(inside) > 1:
+                overlaps.append(tuple(inside))
+            if until is not None:
+                await until.wait()
+            else:
+                await asyncio.sleep(0.3)  # several of B's tries (every 0.02-0.2 s) fall while C holds
+            inside.remove(name)
+
+    a = asyncio.create_task(hold("a", a_may_go))
+    await asyncio.sleep(0.05)
+    b = asyncio.create_task(hold("b"))  # opens a's file and waits for its lock
+    await asyncio.sleep(0.3)
+    assert inside == ["a"]
+    a_may_go.set()
+    await a  # a removed its file and let go; c comes at once, before b's next try, and makes a new file
+    c = asyncio.create_task(hold("c", c_may_go))
+    await asyncio.sleep(0.3)
+    assert inside == ["c"]  # b got the lock of the removed file, saw it, and waits for c's
+    c_may_go.set()
+    await asyncio.gather(b, c)
+    assert overlaps == [] and inside == []
+    assert list(tmp_path.iterdir()) == []  # no lease file is left behind
+
+
 async def test_an_unreachable_redis_raises_before_anything_is_sent(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
     with pytest.raises(LeaseUnavailable, match="nothing was sent"):

@@ -30,6 +30,7 @@ PACKAGE = Path(kling_prefect.__file__).parent
 # What a user imports from `kling_prefect`: the block, the clients, the request models, prices, and everything
 # a task or flow returns or raises. A name added or removed here is a change of the public surface.
 PUBLIC = {
+    "AccountBusy",
     "AuthenticationFailed",
     "BatchInputError",
     "BudgetExceeded",

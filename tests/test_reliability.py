@@ -7,7 +7,9 @@ on what the user keeps (decodable files, no partial files, errors naming the job
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -295,7 +297,8 @@ async def test_interrupted_downloads_retry_the_store_task_and_never_leave_a_part
 
 def inject_transient_faults(emu: Emulator) -> None:
     """Every fault the vendor may throw at idempotent calls (queries, downloads), at random. Creates get none:
-    a create is never sent twice (see test_refused_create_fails_its_step_and_is_never_sent_again)."""
+    a create of unknown outcome is never sent twice (see test_refused_create_fails_its_step_and_is_never_sent_again;
+    a limit's refusal is sent again: test_a_rate_limited_create_made_nothing_and_is_sent_again)."""
     emu.inject("rate_limit", endpoint="query", times=2, retry_after=0.05)
     emu.inject("slow", endpoint="query", times=2, delay=1.6)  # longer than the 1 s read timeout
     emu.inject("unknown_status", endpoint="query", times=2, status=9)
@@ -349,23 +352,41 @@ async def test_continuation_finishes_through_every_transient_fault(vendor_env, f
 
 @pytest.mark.parametrize(
     ("fault", "params"),
-    [("rate_limit", {"retry_after": 0.05}), ("error_code", {"code": 503, "message": "service busy"})],
+    [("error_code", {"code": 503, "message": "service busy"}), ("error_code", {"code": 4003, "message": "bad args"})],
 )
 async def test_refused_create_fails_its_step_and_is_never_sent_again(
     vendor_env, fast_retries, tmp_path, fault, params
 ) -> None:
+    """A refusal that is not a limit's (a 5xx code, an invalid request) fails its step: sent again, it would be
+    refused again, or the vendor is failing; a re-run sends it (nothing was created)."""
     emu = vendor_env
     emu.inject(fault, endpoint="create", times=1, **params)
     items = [{"prompt": f"Refused create {fault}: scene {i}", "duration": 3, "mode": "std"} for i in range(3)]
     result = await batch(
-        prompts=items, max_concurrency=1, run_key=f"refused-{fault}", output_dir=str(tmp_path), fail_on_error=False,
-        **FAST,
+        prompts=items, max_concurrency=1, run_key=f"refused-{params['code']}", output_dir=str(tmp_path),
+        fail_on_error=False, **FAST,
     )  # fmt: skip
     stats = emu.stats()
     assert stats.create_requests == 3 and stats.creates == 2  # the refused POST was not sent again
     refused = [r for r in result.records if r.status != "stored"]
     assert len(refused) == 1 and refused[0].job_id is None
     assert sum(r.stored for r in result.records) == 2
+
+
+async def test_a_rate_limited_create_made_nothing_and_is_sent_again(vendor_env, fast_retries, tmp_path, caplog) -> None:
+    """HTTP 429 in the vendor's envelope is a limit's refusal (no job): the step sends it again after the
+    Retry-After, and the item is stored, paid once."""
+    emu = vendor_env
+    emu.inject("rate_limit", endpoint="create", times=2, retry_after=0.3)  # longer than any backoff (0.2 s)
+    items = [{"prompt": f"Rate limited create: scene {i}", "duration": 3, "mode": "std"} for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
+        result = await batch(prompts=items, max_concurrency=1, run_key="refused-rate", output_dir=str(tmp_path), **FAST)
+    stats = emu.stats()
+    assert [r.status for r in result.records] == ["stored"] * 3
+    assert stats.create_requests == 5 and stats.creates == 3  # two refusals sent again, each item paid once
+    assert creates_by_prompt(emu) == Counter(item["prompt"] for item in items)
+    pauses = re.findall(r"nothing was created\. Sending the create again in ([\d.]+) s", caplog.text)
+    assert pauses == ["0.30", "0.30"], caplog.text[-2000:]  # the vendor's Retry-After, not the shorter backoff
 
 
 async def test_batch_survives_faults_keeps_the_others_when_one_job_fails_and_sums_amounts(

@@ -1,6 +1,8 @@
 """The API key never leaks: flows run with a canary key (from a saved block in-process, and from the environment
 through the real console script), with a failing job, then everything Prefect stored, every output and all
-process output is searched for it. Vendors echoing the key back are redacted too."""
+process output is searched for it. Vendors echoing the key back are redacted too. The lease URL is a secret
+too (a Redis URL may carry a password): the same runs take their step leases from a real ``redis-server`` whose
+password is a second canary, searched for the same way."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ import base64
 import json
 import os
 import secrets
+import shutil
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -33,9 +38,10 @@ from kling_prefect.client import RetryPolicy
 from kling_prefect.emulator import Emulator
 from kling_prefect.flows import batch
 
-from .helpers import LoopbackServer, answer, read_body
+from .helpers import LoopbackServer, answer, read_body, wait_until
 
 CANARY = f"sk-canary-{secrets.token_hex(12)}"
+LEASE_CANARY = f"lease-canary-{secrets.token_hex(12)}"
 CLI = str(Path(sys.executable).with_name("kling-prefect"))
 FAST = {"poll_interval": 0.05, "timeout_seconds": 120}
 
@@ -45,6 +51,51 @@ def canary_emulator() -> Iterator[Emulator]:
     """An emulator that accepts only the canary key: the flows really send it."""
     with Emulator(time_scale=0.005, seed=11, api_key=CANARY) as emu:
         yield emu
+
+
+@pytest.fixture(scope="module")
+def canary_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """A real redis-server whose password is the lease canary; yields its URL (password inside), or ``None``
+    when redis-server is not installed (the key's checks still run; the lease URL's are then not exercised)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield None
+        return
+    import redis
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    folder = tmp_path_factory.mktemp("redis")
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(
+        [*command, "--dir", str(folder), "--requirepass", LEASE_CANARY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, password=LEASE_CANARY)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, timeout=20)
+        yield f"redis://:{LEASE_CANARY}@127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def leases_taken(url: str) -> int:
+    """How many step leases the Redis server granted (``SET NX`` calls): the runs really used the URL."""
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        return int(client.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
 
 
 def views_of(data: bytes) -> Iterator[bytes]:
@@ -111,12 +162,13 @@ async def everything_the_api_holds() -> str:
 
 
 async def test_canary_key_appears_nowhere_prefect_or_the_outputs_keep(
-    prefect_server, canary_emulator, tmp_path, capfd
+    prefect_server, canary_emulator, canary_redis, tmp_path, capfd
 ) -> None:
     from prefect.settings import PREFECT_API_URL
 
     emu = canary_emulator
     emu.reset_stats()
+    lease_url = canary_redis
     # 1. The console script with the key in its environment, and DEBUG logs of Prefect, httpx and this package.
     emu.inject("job_failure", times=1, message="generation failed: moderation")
     jobs = tmp_path / "prompts.jsonl"
@@ -128,6 +180,7 @@ async def test_canary_key_appears_nowhere_prefect_or_the_outputs_keep(
         "PREFECT_LOGGING_EXTRA_LOGGERS": "httpx,httpcore,kling_prefect",
         "SHORTAPI_KEY": CANARY,
         "SHORTAPI_BASE_URL": emu.base_url,
+        **({"SHORTAPI_LEASE_URL": lease_url} if lease_url else {}),
     }
     command = [CLI, "batch", str(jobs), "--run-key", "canary-cli", "--out", str(tmp_path / "out-cli"), "--json"]
     cli = await anyio.run_process([*command, "--poll-interval", "0.05", "--no-progress"], env=env, check=False)
@@ -135,7 +188,9 @@ async def test_canary_key_appears_nowhere_prefect_or_the_outputs_keep(
     assert json.loads(cli.stdout)["stored"] == 1
 
     # 2. In this process, with the key in a saved block, and a failing job.
-    await ShortAPICredentials(api_key=CANARY, base_url=emu.base_url).asave("canary-block", overwrite=True)
+    await ShortAPICredentials(api_key=CANARY, base_url=emu.base_url, lease_url=lease_url).asave(
+        "canary-block", overwrite=True
+    )
     emu.inject("job_failure", times=1, message="generation failed: moderation")
     result = await batch(
         prompts=[{"prompt": "canary three", "duration": 3, "mode": "std"}, "canary four"],
@@ -150,29 +205,34 @@ async def test_canary_key_appears_nowhere_prefect_or_the_outputs_keep(
     assert emu.stats().downloads == 2 and emu.stats().downloads_with_authorization == 0  # never to the file host
     in_process = capfd.readouterr()
 
-    needle = CANARY.encode()
-    assert needle not in cli.stdout and needle not in cli.stderr
-    assert CANARY not in in_process.out and CANARY not in in_process.err
+    if lease_url:
+        assert leases_taken(lease_url) >= 4  # both runs took their step leases with the password
+    canaries = [CANARY] + ([LEASE_CANARY] if lease_url else [])
     assert b"generation failed: moderation" in cli.stdout  # the output searched does hold the failure
     held = await everything_the_api_holds()
-    at = held.find(CANARY)
-    assert at < 0, held[max(0, at - 1500) : at + 200]
-    assert files_containing(sqlite_directory(), needle) == []  # the block is stored encrypted
-    assert files_containing(sqlite_directory(), b"canary-block")  # ... though the search does read the database
-    assert files_containing(Path(os.environ["PREFECT_HOME"]), needle) == []  # includes result storage
     storage = Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])
-    assert files_containing(storage, needle) == []
+    for canary in canaries:
+        needle = canary.encode()
+        assert needle not in cli.stdout and needle not in cli.stderr
+        assert canary not in in_process.out and canary not in in_process.err
+        at = held.find(canary)
+        assert at < 0, held[max(0, at - 1500) : at + 200]
+        assert files_containing(sqlite_directory(), needle) == []  # the block is stored encrypted
+        assert files_containing(Path(os.environ["PREFECT_HOME"]), needle) == []  # includes result storage
+        assert files_containing(storage, needle) == []
+        assert files_containing(tmp_path, needle) == []
+    assert files_containing(sqlite_directory(), b"canary-block")  # ... though the search does read the database
     assert files_containing(storage, result.records[0].job_id.encode())  # ... where the cached submissions are
-    assert files_containing(tmp_path, needle) == []
     assert len(list((tmp_path / "out-cli").glob("*.mp4"))) == 1 and len(list((tmp_path / "out-block").glob("*.mp4")))
 
     loaded = await ShortAPICredentials.aload("canary-block")
     assert loaded.api_key.get_secret_value() == CANARY  # it is there, just never shown
+    assert loaded.lease_url_value() == lease_url
     shown = [repr(loaded), str(loaded), str(loaded.model_dump()), json.dumps(loaded.model_dump(mode="json"))]
     shown += [repr(loaded.client_options()), repr(loaded.get_client()), repr(loaded.get_sync_client())]
     for failure in result.failed:
         shown.append(failure.error or "")
-    assert all(CANARY not in text for text in shown), shown
+    assert all(canary not in text for text in shown for canary in canaries), shown
 
 
 # --------------------------------------------------------------------------------------------- echoing vendors
@@ -230,13 +290,18 @@ async def test_errors_from_a_vendor_echoing_the_key_are_redacted(echo, tmp_path)
         assert CANARY not in repr(sync_client)
 
 
-def test_credentials_reprs_dumps_and_errors_hide_the_key() -> None:
-    credentials = ShortAPICredentials(api_key=SecretStr(CANARY))
+def test_credentials_reprs_dumps_and_errors_hide_the_key_and_the_lease_url() -> None:
+    lease_url = f"redis://:{LEASE_CANARY}@127.0.0.1:6379/0"
+    credentials = ShortAPICredentials(api_key=SecretStr(CANARY), lease_url=lease_url)
+    from_env = ShortAPICredentials.from_env({"SHORTAPI_KEY": CANARY, "SHORTAPI_LEASE_URL": lease_url})
+    assert credentials.lease_url_value() == from_env.lease_url_value() == lease_url  # kept, to be used
     texts = [repr(credentials), str(credentials), str(credentials.model_dump()), str(credentials.client_options())]
     texts.append(json.dumps(credentials.model_dump(mode="json")))
+    texts += [repr(from_env), str(from_env.model_dump()), json.dumps(from_env.model_dump(mode="json"))]
     for broken in (
         {"SHORTAPI_KEY": CANARY, "SHORTAPI_READ_TIMEOUT": "soon"},
         {"SHORTAPI_KEY": CANARY, "SHORTAPI_BASE_URL": "x"},
+        {"SHORTAPI_KEY": CANARY, "SHORTAPI_LEASE_URL": f"http://:{LEASE_CANARY}@127.0.0.1:6379/0"},
     ):
         with pytest.raises(ValueError) as caught:
             ShortAPICredentials.from_env(broken)
@@ -244,4 +309,7 @@ def test_credentials_reprs_dumps_and_errors_hide_the_key() -> None:
     with pytest.raises(ValueError) as invalid:
         ShortAPICredentials(api_key=CANARY, base_url="ftp://nowhere")
     texts.append(str(invalid.value))
-    assert all(CANARY not in text for text in texts), texts
+    with pytest.raises(ValueError) as bad_lease:
+        ShortAPICredentials(api_key=CANARY, lease_url=f"memcached://:{LEASE_CANARY}@host")
+    texts.append(str(bad_lease.value))
+    assert all(CANARY not in text and LEASE_CANARY not in text for text in texts), texts

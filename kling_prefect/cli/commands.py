@@ -435,6 +435,12 @@ def _emulator_arguments(parser: argparse.ArgumentParser) -> None:
         "--fail-rate", type=float, default=0.0, metavar="P", help="probability (0-1) that a job fails. Default: 0"
     )
     parser.add_argument("--seed", type=int, help="random seed, for repeatable job times and failures")
+    parser.add_argument(
+        "--account-concurrency",
+        type=whole_number(1),
+        metavar="N",
+        help="refuse creates while N jobs run, as Kling does (HTTP 429, code 1303), at least 1. Default: no limit",
+    )
 
 
 @command(
@@ -450,7 +456,13 @@ def emulator(args: argparse.Namespace) -> int:
     if args.time_scale <= 0:
         raise Failure(f"--time-scale: must be greater than 0, got {args.time_scale:g}", code=EXIT_USAGE)
     run(
-        args.host, args.port, time_scale=args.time_scale, api_key=args.api_key, fail_rate=args.fail_rate, seed=args.seed
+        args.host,
+        args.port,
+        time_scale=args.time_scale,
+        api_key=args.api_key,
+        fail_rate=args.fail_rate,
+        seed=args.seed,
+        account_concurrency=args.account_concurrency,
     )
     return 0
 

@@ -217,6 +217,13 @@ def _vendor_failure(error: Any, context: Context) -> Failure:
             f"{step}ShortAPI refused the request at {url}: {message}; nothing was created",
             "check the options against `kling-prefect estimate` (which validates locally) and run again",
         )
+    if isinstance(error, ex.AccountBusy):
+        return Failure(
+            f"{step}the ShortAPI account at {url} kept refusing the create for its concurrency: {message}; "
+            "nothing was created",
+            f"lower --max-concurrency (or use a --jobs-limit) to what the account runs at once, or let its other "
+            f"jobs end; {context.resume()} to make the missing clips",
+        )
     if isinstance(error, ex.TransientError):
         resume = f"; {context.resume()} to resume" if error.job_id or getattr(error, "submitted", None) else ""
         connect = re.search(r"could not connect \((\w+)\)", error.message)

@@ -9,7 +9,8 @@ and does, in order:
 3. the flow, with one progress row per planned clip and Prefect's logs kept off the terminal
    (:mod:`kling_prefect.cli.terminal`) unless ``-v``;
 4. the result on stdout (text, or JSON with ``--json``) and the summary line, or one line naming the failure
-   and its fix (:mod:`kling_prefect.cli.errors`).
+   and its fix (:mod:`kling_prefect.cli.errors`); before the summary line, when the vendor account refused
+   creates for its concurrency, one line saying how many jobs it accepted at once and how to avoid that.
 
 Examples:
     ```python
@@ -173,12 +174,16 @@ def run_plan(
             tracker.end_unfinished(_short_reason(failure))
             display.stop()
             if any(row.started for row in tracker.snapshot()):  # jobs ran: say what became of them
+                for note in account_notes():
+                    display.summary(note)
                 display.summary(tracker.summary())
             if debug_enabled():
                 raise
             raise failure from exc
         tracker.apply(result)
         display.stop()
+        for note in account_notes():
+            display.summary(note)
         display.summary(tracker.summary(result))
     print_result(result, args=args, api=api, flow_run_id=flow_run_id)
     if fails_when(result):
@@ -194,6 +199,14 @@ async def _awaited(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
+def account_notes() -> list[str]:
+    """What this process learned of the vendor account's concurrency from its refusals, one line an account
+    (none when nothing was refused); the flow runs in this process, so its limiter is the run's."""
+    from kling_prefect.concurrency import account_reports
+
+    return [report.describe() for report in account_reports()]
+
+
 def _short_reason(failure: Failure) -> str:
     return failure.what.split(": ", 1)[-1] if ": " in failure.what else failure.what
 
@@ -201,9 +214,14 @@ def _short_reason(failure: Failure) -> str:
 def print_result(result: Any, *, args: argparse.Namespace, api: PrefectApi | None, flow_run_id: Any) -> None:
     """The result on stdout: JSON with ``--json``; else where each clip and the final video are, the summary
     line when no progress display printed it, and where the run is in Prefect."""
+    from kling_prefect.concurrency import account_reports
+
     data = result.as_dict()
     if flow_run_id is not None:
         data["flow_run_id"] = str(flow_run_id)
+    reports = account_reports()
+    if reports:
+        data["account_limits"] = [report.as_dict() for report in reports]
     if args.json:
         print(json.dumps(data, indent=2))
         return
@@ -213,6 +231,8 @@ def print_result(result: Any, *, args: argparse.Namespace, api: PrefectApi | Non
     if result.final is not None and len(result.records) > 1:
         print(f"final video: {result.final.local_path or result.final.uri}")
     if args.no_progress:
+        for report in reports:
+            print(report.describe())
         print(summary_line(result.totals))
     print(_where_in_prefect(api, flow_run_id, result))
 

@@ -207,6 +207,10 @@ class ShortAPIClient:
     async def create_job(self, request: KlingRequest, *, callback_url: str | None = None) -> CreatedJob:
         """POST ``job/create`` once. Never retried: see :class:`JobMayHaveBeenCreated`.
 
+        A create the vendor refuses in an error envelope made no job: :class:`AccountBusy` when the account runs
+        as many jobs as it allows (HTTP 429, code 1303), :class:`RateLimited` for its request rate; the submit
+        task sends those again after a pause (:func:`~kling_prefect.client.responses.refused_create`).
+
         ``callback_url`` is passed through; the vendor POSTs there when the job ends (treat it only as a
         hint to query the job again). Without one, a client with ``callbacks`` sends a fresh URL of its
         receiver (as ``CreatedJob.callback_url``).
@@ -232,7 +236,7 @@ class ShortAPIClient:
         received_at = time.time()
 
         try:
-            data = interpret_response(response, operation=operation, secret=self._key)
+            data = interpret_response(response, operation=operation, secret=self._key, create=True)
         except VendorUnavailable as exc:
             if isinstance(exc.raw, dict):
                 raise  # the vendor answered with an error envelope: it refused the job

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from kling_prefect.client.results import Job, JobState
 from kling_prefect.exceptions import (
+    AccountBusy,
     AuthenticationFailed,
     JobNotFound,
     RateLimited,
@@ -27,6 +28,7 @@ from kling_prefect.exceptions import (
 )
 
 __all__ = [
+    "ACCOUNT_BUSY_CODE",
     "MAX_PLAUSIBLE_AMOUNT",
     "RAW_LIMIT",
     "interpret_response",
@@ -34,11 +36,18 @@ __all__ = [
     "parse_amount",
     "parse_retry_after",
     "redact",
+    "refused_create",
 ]
 
 RAW_LIMIT = 4000  # characters of a non-JSON body kept on an error
 MAX_PLAUSIBLE_AMOUNT = Decimal(100_000)  # USD for one job; anything above is a malformed answer, not a charge
 _STATES: dict[int, JobState] = {0: "queued", 1: "processing", 2: "succeeded", 3: "failed"}
+#: Kling's code for a create over the account's concurrency ("parallel task over resource pack limit", HTTP 429).
+ACCOUNT_BUSY_CODE = 1303
+#: Kling's code for requests over the account's request rate (HTTP 429): a rate limit, not the concurrency one.
+REQUEST_RATE_CODE = 1302
+_CONCURRENCY_WORDS = ("parallel", "concurren", "resource pack", "simultaneous")
+_REQUEST_RATE_WORDS = ("too many requests", "rate limit", "request rate", "qps", "too fast", "too frequent")
 
 
 def redact(text: str, secret: SecretStr | str | None) -> str:
@@ -73,18 +82,30 @@ def _vendor_message(payload: Mapping[str, Any]) -> str:
     return "no message"
 
 
-def _classify_code(code: Any, http_status: int, message: str) -> type[ShortAPIError]:
-    """The error class for a non-zero envelope ``code`` (vendor codes are undocumented: use every hint)."""
+def _classify_code(code: Any, http_status: int, message: str, *, create: bool = False) -> type[ShortAPIError]:
+    """The error class for a non-zero envelope ``code`` (vendor codes are undocumented: use every hint).
+
+    A create refused for the account's concurrency is :class:`AccountBusy`: code 1303, or a message about
+    concurrency or parallel tasks, or (for a create, which is what holds an account slot) HTTP 429 or "too many"
+    without a sign of a request-rate limit (code 1302, "too many requests", "rate limit"), which stays
+    :class:`RateLimited`.
+    """
     try:
         number = int(code)
     except (TypeError, ValueError):
         number = 0
     hints = {http_status, number}
     lowered = message.lower()
-    if hints & {401, 403} or any(w in lowered for w in ("api key", "apikey", "unauthori", "token", "auth")):
+    if hints & {401, 403}:
         return AuthenticationFailed
-    if 429 in hints or "too many" in lowered or "rate limit" in lowered:
-        return RateLimited
+    if number == ACCOUNT_BUSY_CODE or any(w in lowered for w in _CONCURRENCY_WORDS):
+        return AccountBusy
+    if any(w in lowered for w in ("api key", "apikey", "unauthori", "token", "auth")):
+        return AuthenticationFailed
+    limited = 429 in hints or number == REQUEST_RATE_CODE or "too many" in lowered or "rate limit" in lowered
+    if limited:
+        rate = number == REQUEST_RATE_CODE or any(w in lowered for w in _REQUEST_RATE_WORDS)
+        return AccountBusy if create and not rate else RateLimited
     if 404 in hints or "not found" in lowered:
         return JobNotFound
     if http_status >= 500 or 500 <= number <= 599:
@@ -98,12 +119,14 @@ def interpret_response(
     operation: str,
     job_id: str | None = None,
     secret: SecretStr | None = None,
+    create: bool = False,
 ) -> dict[str, Any]:
     """The one place a ShortAPI response becomes its ``data`` object or a typed error.
 
     A non-zero ``code`` is an error whatever the HTTP status; an HTML or malformed body is
     :class:`VendorUnavailable` (5xx/2xx) or :class:`RequestRejected` (4xx); 429 is :class:`RateLimited`
-    with its ``Retry-After``; 401/403 is :class:`AuthenticationFailed`.
+    with its ``Retry-After``; 401/403 is :class:`AuthenticationFailed`. An error envelope refusing a create
+    (``create=True``) for the account's concurrency is :class:`AccountBusy` (see :func:`_classify_code`).
     """
     status = response.status_code
     text = redact(response.text, secret)
@@ -129,18 +152,24 @@ def interpret_response(
     code = payload.get("code", 0)
     if code not in (0, "0") or status >= 400:
         message = _vendor_message(payload)
-        error_class = (
-            _classify_code(code, status, message) if code not in (0, "0") else _classify_code(status, status, message)
-        )
+        error_class = _classify_code(code if code not in (0, "0") else status, status, message, create=create)
         text_out = f"{operation} refused: {message} (HTTP {status}, code {code})"
-        if error_class is RateLimited:
-            raise RateLimited(text_out, retry_after=retry_after, **common)
+        if issubclass(error_class, RateLimited):
+            raise error_class(text_out, retry_after=retry_after, **common)
         raise error_class(text_out, **common)
 
     data = payload.get("data")
     if not isinstance(data, dict):
         raise VendorUnavailable(f"{operation}: response has no data object (HTTP {status})", **common)
     return data
+
+
+def refused_create(error: BaseException) -> bool:
+    """Whether a failed ``job/create`` is one the vendor refused for a limit, in an error envelope: it made no
+    job, so it may be sent again after a pause (:class:`AccountBusy`, or :class:`RateLimited` whose raw answer
+    is the vendor's JSON). A 429 page that is not the vendor's envelope, a timeout, a reset or a 5xx page is not:
+    what such a create did is unknown, or it is not a limit."""
+    return isinstance(error, RateLimited) and isinstance(error.raw, dict)
 
 
 def job_from_data(job_id: str, data: Mapping[str, Any]) -> Job:

@@ -68,6 +68,9 @@ Handler = Callable[[Request, "Fault | None"], Awaitable[Response]]
 
 CALLBACK_TIMEOUT = 5.0
 DEFAULT_ASPECT_RATIO = "16:9"
+#: What Kling answers a create over the account's concurrency (HTTP 429): no job is made.
+ACCOUNT_BUSY_CODE = 1303
+ACCOUNT_BUSY_MESSAGE = "parallel task over resource pack limit"
 
 
 @dataclass
@@ -82,10 +85,17 @@ class EmulatorConfig:
     result_ttl: float = 3600.0
     result_padding_bytes: int = 0
     job_time: JobTime | None = None
+    account_concurrency: int | None = None
     workdir: Path = field(default_factory=lambda: Path("."))
 
     def validate(self) -> None:
         """Raise ``ValueError`` for settings that make no sense."""
+        if self.account_concurrency is not None and (
+            isinstance(self.account_concurrency, bool)
+            or not isinstance(self.account_concurrency, int)
+            or self.account_concurrency < 1
+        ):
+            raise ValueError(f"account_concurrency must be a whole number >= 1 or None, got {self.account_concurrency}")
         if self.time_scale < 0:
             raise ValueError("time_scale must be >= 0")
         if self.timing_jitter < 0:
@@ -191,6 +201,16 @@ class EmulatorApp:
     def clear_faults(self) -> None:
         """Forget all pending faults."""
         self._faults.clear()
+
+    def set_account_concurrency(self, limit: int | None) -> None:
+        """Change the account's concurrency rule (``None``: off); jobs already running keep their slots."""
+        previous = self.config.account_concurrency
+        self.config.account_concurrency = limit
+        try:
+            self.config.validate()
+        except ValueError:
+            self.config.account_concurrency = previous
+            raise
 
     # ------------------------------------------------------------------------------------------ dispatch
 
@@ -318,10 +338,26 @@ class EmulatorApp:
             validated = request_model.model_validate(args)
         except ValidationError as exc:
             return Response.envelope_error(400, _validation_message(exc))
+        refusal = self._account_refusal()
+        if refusal is not None:
+            return refusal
         job = self._create_job(model, args, validated, callback_url)
         if fault is not None and fault.kind == "drop_after_create":
             raise Abort
         return Response.json(200, {"code": 0, "data": {"amount": str(job.amount), "job_id": job.job_id}})
+
+    def _account_refusal(self) -> Response | None:
+        """Kling's concurrency rule, when configured: each job holds one of the account's slots from submission
+        until it ends (status queries hold none); a create over the limit is refused and makes nothing."""
+        limit = self.config.account_concurrency
+        if limit is None:
+            return None
+        now = clock()
+        running = sum(1 for job in self._jobs.values() if job.status_at(now) not in TERMINAL_STATUSES)
+        if running < limit:
+            return None
+        self._counters.account_refusals += 1
+        return Response.envelope_error(429, ACCOUNT_BUSY_MESSAGE, code=ACCOUNT_BUSY_CODE)
 
     def _create_job(self, model: str, args: dict[str, Any], validated: Any, callback_url: str | None) -> Job:
         now = clock()

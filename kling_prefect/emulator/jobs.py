@@ -128,6 +128,7 @@ class Counters:
     callbacks_sent: int = 0
     callbacks_failed: int = 0
     callbacks_lost: int = 0
+    account_refusals: int = 0
     by_model: dict[str, int] = field(default_factory=dict)
     faults_fired: dict[str, int] = field(default_factory=dict)
     responses: dict[str, int] = field(default_factory=dict)
@@ -147,6 +148,8 @@ class Stats:
     - ``by_model``: jobs created per model id. ``billed``: the sum of ``amount`` over created jobs.
     - ``max_in_flight``: the most jobs ever created-and-not-terminal at once; ``in_flight``: right now.
     - ``callbacks_sent`` / ``callbacks_failed`` (POST errors) / ``callbacks_lost`` (``lost_callback`` faults).
+    - ``account_refusals``: creates refused by the account's concurrency rule (``account_concurrency``): HTTP
+      429, code 1303, no job (they count in ``create_requests``, not in ``creates``).
     - ``faults_fired``: per fault kind; ``responses``: per HTTP status (``"reset"`` for aborted connections).
     - ``query_times``: the :func:`clock` time of every query, in order (rates per second window).
     """
@@ -162,6 +165,7 @@ class Stats:
     callbacks_sent: int
     callbacks_failed: int
     callbacks_lost: int
+    account_refusals: int
     by_model: dict[str, int]
     faults_fired: dict[str, int]
     responses: dict[str, int]

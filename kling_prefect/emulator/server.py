@@ -61,6 +61,9 @@ class Emulator:
         result_ttl: seconds (before ``time_scale``) a result URL stays valid after its job finished.
         result_padding_bytes: append an MP4 ``free`` box of this size to every served result (0: none).
         job_time: ``(model_id, args) -> seconds`` (before ``time_scale``, no jitter) overriding the table.
+        account_concurrency: the account's concurrency rule, off by default: at most this many jobs running at
+            once (each from submission until it ends); a create over it is refused with HTTP 429, code 1303,
+            "parallel task over resource pack limit", and makes no job (``Stats.account_refusals``).
         workdir: where rendered results and fetched images go (default: a temp dir removed on stop).
     """
 
@@ -77,6 +80,7 @@ class Emulator:
         result_ttl: float = 3600.0,
         result_padding_bytes: int = 0,
         job_time: JobTime | None = None,
+        account_concurrency: int | None = None,
         workdir: str | Path | None = None,
     ) -> None:
         self.host = host
@@ -91,6 +95,7 @@ class Emulator:
             "result_ttl": result_ttl,
             "result_padding_bytes": result_padding_bytes,
             "job_time": job_time,
+            "account_concurrency": account_concurrency,
         }
         EmulatorConfig(**self._settings).validate()  # fail fast, before any thread or directory exists
         self._app: EmulatorApp | None = None
@@ -231,6 +236,12 @@ class Emulator:
         app = self._require_app()
         self._call(app.clear_faults)
 
+    def set_account_concurrency(self, limit: int | None) -> None:
+        """Turn the account's concurrency rule on (at most ``limit`` jobs running) or off (``None``)."""
+        app = self._require_app()
+        self._call(lambda: app.set_account_concurrency(limit))
+        self._settings["account_concurrency"] = limit  # kept if the emulator is started again
+
 
 def run(
     host: str = "127.0.0.1",
@@ -244,6 +255,7 @@ def run(
     result_ttl: float = 3600.0,
     result_padding_bytes: int = 0,
     job_time: JobTime | None = None,
+    account_concurrency: int | None = None,
     workdir: str | Path | None = None,
     ready_message: bool = True,
 ) -> None:
@@ -262,6 +274,7 @@ def run(
         result_ttl=result_ttl,
         result_padding_bytes=result_padding_bytes,
         job_time=job_time,
+        account_concurrency=account_concurrency,
     )
     try:
         with contextlib.suppress(KeyboardInterrupt):

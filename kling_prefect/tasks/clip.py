@@ -7,6 +7,10 @@ create a second job:
 - ``job/create`` is sent at most once per step and attempt (:func:`~kling_prefect.tasks.submit.submit_kling_job`,
   cached on run key + step + request, never retried); a create that may have been accepted refuses later
   attempts of the step until ``resubmit_uncertain=True`` (:mod:`kling_prefect.ledger`);
+- a create the vendor *refused* for a limit (the account's concurrency, its request rate) made nothing: it is
+  sent again after a pause, within ``busy_timeout``, and the clip holds a slot of the process's
+  :class:`~kling_prefect.concurrency.AccountLimiter` from before its create until its job ended, so a process
+  the account refused keeps no more jobs in flight than the account accepted;
 - once the job exists, a transient failure (429, 5xx, reset, timeout) resumes that job, never creates another:
   at most :data:`STEP_ATTEMPTS` tries, spaced by the credentials' retry policy and the server's ``Retry-After``;
 - an undocumented status (or success without a URL) is re-checked on the same job up to
@@ -25,7 +29,7 @@ from prefect import get_run_logger
 from prefect.client.schemas.objects import State
 from typing_extensions import TypedDict, Unpack
 
-from kling_prefect.concurrency import job_slot
+from kling_prefect.concurrency import account_step, job_slot
 from kling_prefect.dispatch import dispatching
 from kling_prefect.exceptions import JobFailed, JobMayHaveBeenCreated, ShortAPIError, TransientError, UnknownJobStatus
 from kling_prefect.ledger import StepLedger
@@ -52,6 +56,9 @@ class ClipOptions(TypedDict, total=False):
         storage: where the clip goes (default: ``kling-output/<run key>/``).
         credentials_block: name of a saved ``ShortAPICredentials`` block (default: the environment).
         timeout: seconds to wait for the job before ``JobTimedOut`` (the wait can be resumed).
+        busy_timeout: seconds to keep sending a create the vendor refused for the account's concurrency or
+            request rate (each refusal made nothing) before the step fails with that refusal; default:
+            ``timeout``. ``None``: no end.
         poll_interval: seconds between queries while the job may be done: how late a finished job is noticed.
         callback_url: the URL the vendor calls when the job ends (default: the credentials' receiver, if any).
         jobs_limit: a Prefect global concurrency limit: one slot held from before the create until the job ends.
@@ -62,6 +69,7 @@ class ClipOptions(TypedDict, total=False):
     storage: StorageSpec | None
     credentials_block: str | None
     timeout: float
+    busy_timeout: float | None
     poll_interval: float
     callback_url: str | None
     jobs_limit: str | None
@@ -124,6 +132,7 @@ async def generate_video(
             create_rate_limit=options.get("create_rate_limit"),
             resubmit_uncertain=options.get("resubmit_uncertain", False),
             replacing=replacing,
+            busy_timeout=options.get("busy_timeout", options.get("timeout", 3600.0)),
             return_state=True,
         )
         job: SubmittedJob = await state.aresult()
@@ -137,67 +146,78 @@ async def generate_video(
     resubmitted = False
     remembered = resume is not None  # the step's job was created by an earlier attempt or run
     transient = rechecks = 0
-    retry = (await load_credentials(credentials_block)).retry_policy()
-    while True:
-        job: SubmittedJob | None = resume
-        try:
-            async with job_slot(jobs_limit):
-                if job is None:
-                    job, remembered = await submit()
-                try:
-                    finished = await wait(job)
-                except JobFailed:
-                    if not remembered or resubmitted:
-                        raise
-                    logger.warning("job %s of step %r had failed earlier; submitting the step again", job.job_id, step)
-                    resubmitted = True
-                    if noted_unresolved:
-                        await ledger.clear_unresolved()
-                        noted_unresolved = False
-                    job, remembered = await submit(replacing=job.job_id)
-                    finished = await wait(job)
-            stored: StoredVideo = await store_kling_video(
-                finished, storage=storage, credentials_block=credentials_block
-            )
-            if noted_unresolved:
-                await ledger.clear_unresolved()
-            return replace(stored, resumed=remembered)
-        except JobMayHaveBeenCreated:
-            raise  # noted in the ledger by the submit task; never retried
-        except ShortAPIError as exc:
-            if job is not None and exc.submitted is None:
-                exc.submitted = job  # the job exists and was billed: keep what it cost on the error
-                exc.resumed = remembered
-            if isinstance(exc, UnknownJobStatus) and job is not None and rechecks < UNKNOWN_STATUS_RECHECKS:
-                rechecks += 1
-                logger.warning(
-                    "%s: job %s reported %s; querying the same job again (%d of %d), no new job is created",
-                    step,
-                    job.job_id,
-                    exc.message,
-                    rechecks,
-                    UNKNOWN_STATUS_RECHECKS,
+    credentials = await load_credentials(credentials_block)
+    retry = credentials.retry_policy()
+    # The clip's slot of the account's limiter: taken before its create, given back when its job ended.
+    async with account_step(credentials) as account:
+        while True:
+            job: SubmittedJob | None = resume
+            try:
+                # The jobs limit first, then (in the submit task) the account's slot: one order, so a clip holding
+                # one never waits for another clip holding the other.
+                async with job_slot(jobs_limit):
+                    if job is None:
+                        job, remembered = await submit()
+                    account.accepted(created=False)  # a resumed job counts too (no-op after a create)
+                    try:
+                        finished = await wait(job)
+                    except JobFailed:
+                        if not remembered or resubmitted:
+                            raise
+                        logger.warning(
+                            "job %s of step %r had failed earlier; submitting the step again", job.job_id, step
+                        )
+                        resubmitted = True
+                        if noted_unresolved:
+                            await ledger.clear_unresolved()
+                            noted_unresolved = False
+                        account.release()  # that job ended
+                        job, remembered = await submit(replacing=job.job_id)
+                        account.accepted(created=False)
+                        finished = await wait(job)
+                account.release()  # the job ended: its slot of the account is free before the download
+                stored: StoredVideo = await store_kling_video(
+                    finished, storage=storage, credentials_block=credentials_block
                 )
-                resume = job
-                await anyio.sleep(poll_interval)
-                continue
-            if isinstance(exc, TransientError) and job is not None and transient + 1 < STEP_ATTEMPTS:
-                transient += 1
-                pause = retry.delay(transient - 1, getattr(exc, "retry_after", None))
-                logger.warning(
-                    "%s: %s; resuming job %s in %.1f s (try %d of %d)",
-                    step,
-                    exc,
-                    job.job_id,
-                    pause,
-                    transient + 1,
-                    STEP_ATTEMPTS,
-                )
-                resume = job
-                await anyio.sleep(pause)
-                continue
-            if isinstance(exc, UnknownJobStatus) and job is not None:
-                # Remembered, so a flow retry or a re-run asks about this job again instead of paying for the
-                # step a second time (the job may still succeed).
-                await ledger.note_unresolved(job)
-            raise
+                if noted_unresolved:
+                    await ledger.clear_unresolved()
+                return replace(stored, resumed=remembered)
+            except JobMayHaveBeenCreated:
+                raise  # noted in the ledger by the submit task; never retried
+            except ShortAPIError as exc:
+                if job is not None and exc.submitted is None:
+                    exc.submitted = job  # the job exists and was billed: keep what it cost on the error
+                    exc.resumed = remembered
+                if isinstance(exc, UnknownJobStatus) and job is not None and rechecks < UNKNOWN_STATUS_RECHECKS:
+                    rechecks += 1
+                    logger.warning(
+                        "%s: job %s reported %s; querying the same job again (%d of %d), no new job is created",
+                        step,
+                        job.job_id,
+                        exc.message,
+                        rechecks,
+                        UNKNOWN_STATUS_RECHECKS,
+                    )
+                    resume = job
+                    await anyio.sleep(poll_interval)
+                    continue
+                if isinstance(exc, TransientError) and job is not None and transient + 1 < STEP_ATTEMPTS:
+                    transient += 1
+                    pause = retry.delay(transient - 1, getattr(exc, "retry_after", None))
+                    logger.warning(
+                        "%s: %s; resuming job %s in %.1f s (try %d of %d)",
+                        step,
+                        exc,
+                        job.job_id,
+                        pause,
+                        transient + 1,
+                        STEP_ATTEMPTS,
+                    )
+                    resume = job
+                    await anyio.sleep(pause)
+                    continue
+                if isinstance(exc, UnknownJobStatus) and job is not None:
+                    # Remembered, so a flow retry or a re-run asks about this job again instead of paying for the
+                    # step a second time (the job may still succeed).
+                    await ledger.note_unresolved(job)
+                raise
