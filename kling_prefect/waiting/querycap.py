@@ -482,7 +482,7 @@ class _PrefectCalls:
                     self._client = await stack.enter_async_context(get_client())
                     self._stack, self._api = stack, settings.settings.api
                 return await asyncio.wait_for(call(self._client), PREFECT_TIMEOUT)
-        except (httpx.TransportError, asyncio.TimeoutError, TimeoutError, OSError) as exc:
+        except (httpx.TransportError, TimeoutError, OSError) as exc:
             await self.close()  # a new connection next time
             raise _PrefectUnavailable(type(exc).__name__) from None
 
