@@ -137,7 +137,9 @@ def s3_bucket_block(prefect_server, moto_s3, monkeypatch):
 
 
 #: Modules whose every test starts servers or subprocesses.
-END_TO_END_MODULES = {"test_cli", "test_deployments", "test_topology", "test_browser", "test_reliability"}
+END_TO_END_MODULES = {
+    "test_cli", "test_first_run", "test_deployments", "test_topology", "test_browser", "test_reliability",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
