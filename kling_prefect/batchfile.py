@@ -3,6 +3,15 @@
 Every item is validated before anything is created; all problems are reported together, each with its line
 and field, in one :class:`BatchInputError`.
 
+Each item is a step of the run (its ledger entry, its cached submission, its file ``<step>.mp4``), named by
+``names``: ``"position"`` (the default) by its place in the input, ``item-0001``, ``item-0002``, ...; ``"content"``
+by what it asks for, ``item-<12 hex digits of the request>`` (a repeat of the same request in one input
+``...-2``, ``...-3``). Name by content when several flow runs share one run key and may hold the same item (a
+big batch split into overlapping slices, a schedule overlapping a manual run of a changed file): the item is
+then one step whichever run and place it comes in, so it is created once and stored once. By position, the
+same prompt at another place is another step (another job), and another prompt at the same place is stored
+beside it as ``item-0001.<job id>.mp4``.
+
 Examples:
     ```text
     # prompts.jsonl
@@ -19,16 +28,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import ValidationError
 
 from kling_prefect.exceptions import BatchInputError
+from kling_prefect.ledger import request_fingerprint
 from kling_prefect.models import KlingRequest, request_model_for
 from kling_prefect.planning import describe_validation_error
 from kling_prefect.pricing import estimate_cost
 
 MAX_ITEMS = 10_000
+#: How a batch names its items (its steps): by their place in the input, or by what they ask for.
+ItemNames = Literal["position", "content"]
+ITEM_NAMES: tuple[ItemNames, ...] = ("position", "content")
+#: Hex digits of the request's fingerprint in an item named by content.
+CONTENT_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,25 @@ class BatchItem:
     step: str
     request: KlingRequest
     source: str
+    #: The item's place in its input, counted from 1 (the order of the run's records).
+    number: int = 0
+
+
+class _Namer:
+    """The step names of one input's items, in order (see the module documentation)."""
+
+    def __init__(self, names: ItemNames) -> None:
+        if names not in ITEM_NAMES:
+            raise BatchInputError([f"item_names: must be one of {', '.join(map(repr, ITEM_NAMES))}, got {names!r}"])
+        self.names = names
+        self.seen: dict[str, int] = {}
+
+    def __call__(self, number: int, request: KlingRequest) -> str:
+        if self.names == "position":
+            return f"item-{number:04d}"
+        digest = request_fingerprint(request)[:CONTENT_DIGITS]
+        repeat = self.seen[digest] = self.seen.get(digest, 0) + 1
+        return f"item-{digest}" if repeat == 1 else f"item-{digest}-{repeat}"
 
 
 def _bool_fields(model: type[KlingRequest]) -> set[str]:
@@ -142,11 +176,17 @@ def _jsonl_lines(lines: Iterable[str]) -> Iterable[tuple[str, Any]]:
 
 
 def _validated(
-    *, prompts: list[str | dict[str, Any]] | None, file: str | None, default_model: str
+    *,
+    prompts: list[str | dict[str, Any]] | None,
+    file: str | None,
+    default_model: str,
+    names: ItemNames = "position",
 ) -> Iterator[BatchItem | str]:
     """Each item of ``prompts`` or ``file`` (exactly one of them) in order: a validated :class:`BatchItem`, or
     the problem with it (``line N: field: why``). Raises :class:`BatchInputError` for an input that cannot be
-    read at all. Nothing is kept: a file is read as it is consumed."""
+    read at all. Nothing is kept: a file is read as it is consumed (naming by content keeps a count per
+    distinct request)."""
+    name = _Namer(names)
     if (prompts is None) == (file is None):
         raise BatchInputError(["give either prompts or file (exactly one)"])
     if prompts is not None and not isinstance(prompts, (list, tuple)):
@@ -196,7 +236,7 @@ def _validated(
         except _CellError as exc:
             yield f"{where}: {exc}"
             continue
-        yield BatchItem(step=f"item-{number:04d}", request=request, source=where)
+        yield BatchItem(step=name(number, request), request=request, source=where, number=number)
 
 
 @dataclass(frozen=True)
@@ -235,11 +275,14 @@ def iter_batch_items(
     file: str | None = None,
     default_model: str,
     checked: BatchPlan | None = None,
+    names: ItemNames = "position",
 ) -> Iterator[BatchItem]:
     """The validated items, read as they are consumed (check them first with :func:`check_batch`); raises
     :class:`BatchInputError` on the first problem. With ``checked`` (that check's plan), an item beyond the
-    ones checked and priced is refused: a file that grew while the batch ran never spends past its budget."""
-    for count, outcome in enumerate(_validated(prompts=prompts, file=file, default_model=default_model), 1):
+    ones checked and priced is refused: a file that grew while the batch ran never spends past its budget.
+    ``names``: how the items (steps) are named, see the module documentation."""
+    validated = _validated(prompts=prompts, file=file, default_model=default_model, names=names)
+    for count, outcome in enumerate(validated, 1):
         if isinstance(outcome, str):
             raise BatchInputError([outcome])
         if checked is not None and count > checked.items:
@@ -254,9 +297,13 @@ def iter_batch_items(
 
 
 def load_batch_items(
-    *, prompts: list[str | dict[str, Any]] | None = None, file: str | None = None, default_model: str
+    *,
+    prompts: list[str | dict[str, Any]] | None = None,
+    file: str | None = None,
+    default_model: str,
+    names: ItemNames = "position",
 ) -> list[BatchItem]:
     """Validated items from ``prompts`` or ``file`` (exactly one of them), all in a list; raises
     :class:`BatchInputError` listing every problem. (A big batch runs from :func:`iter_batch_items`.)"""
     check_batch(prompts=prompts, file=file, default_model=default_model)
-    return list(iter_batch_items(prompts=prompts, file=file, default_model=default_model))
+    return list(iter_batch_items(prompts=prompts, file=file, default_model=default_model, names=names))

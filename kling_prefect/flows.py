@@ -39,7 +39,7 @@ import functools
 import hashlib
 import itertools
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from kling_prefect.artifacts import (
     publish_run_artifacts,
 )
 from kling_prefect.atomic import atomic_path
-from kling_prefect.batchfile import BatchItem, check_batch, iter_batch_items
+from kling_prefect.batchfile import ITEM_NAMES, BatchItem, ItemNames, check_batch, iter_batch_items
 from kling_prefect.exceptions import BatchInputError, InvalidInput, ShortAPIError
 from kling_prefect.models import KlingO1ImageToVideo, KlingRequest
 from kling_prefect.planning import (
@@ -636,11 +636,6 @@ async def _bounded(
         raise stopped[0]
 
 
-def _item_number(step: str) -> int:
-    """``item-0042`` -> 42: a batch item's place in its input, counted from 1."""
-    return int(step.rsplit("-", 1)[-1])
-
-
 @flow(name="kling-batch", flow_run_name=_run_name, log_prints=True)
 async def batch(
     prompts: list[str | dict[str, Any]] | None = None,
@@ -659,6 +654,7 @@ async def batch(
     create_rate_limit: str | None = None,
     fail_on_error: bool = True,
     resubmit_uncertain: bool = False,
+    item_names: ItemNames = "position",
 ) -> State[RunResult] | RunResult:
     """Many prompts at once, at most ``max_concurrency`` jobs in flight; failures do not lose the others.
 
@@ -672,6 +668,10 @@ async def batch(
         file: a JSONL file (one such object per line) or a CSV with a ``prompt`` column, instead of ``prompts``.
         max_cost_usd: refuse the whole batch, creating nothing, when its estimate is higher.
         resubmit_uncertain: submit items even if an earlier attempt's create may have been accepted.
+        item_names: ``"position"``: each item is a step named by its place, ``item-0001``, ...; ``"content"``:
+            by what it asks for, ``item-<12 hex digits>`` (a repeat in the same input ``...-2``), so flow runs
+            sharing one ``run_key`` (a batch split into overlapping slices) make and store an item they both hold
+            once (see :mod:`kling_prefect.batchfile`).
     """
     check_run_options(
         run_key=run_key,
@@ -681,6 +681,8 @@ async def batch(
         output_dir=output_dir,
     )
     check_number("max_concurrency", max_concurrency, minimum=1, maximum=MAX_CONCURRENCY)
+    if item_names not in ITEM_NAMES:
+        raise InvalidInput("item_names", f"must be one of {', '.join(map(repr, ITEM_NAMES))}, got {item_names!r}")
     # Every item checked and the whole batch priced before anything is created, holding one item at a time;
     # then the items are read again as workers take them: memory follows max_concurrency, not the batch's length.
     planned = check_batch(prompts=prompts, file=file, default_model=model)
@@ -697,19 +699,26 @@ async def batch(
         create_rate_limit=create_rate_limit,
         resubmit_uncertain=resubmit_uncertain,
     )
-    items = iter_batch_items(prompts=prompts, file=file, default_model=model, checked=planned)
+    places: dict[str, int] = {}  # each item's place in the input, by step: the order of the records
+
+    def numbered(items: Iterable[BatchItem]) -> Iterator[BatchItem]:
+        for item in items:
+            places[item.step] = item.number
+            yield item
+
+    items = iter_batch_items(prompts=prompts, file=file, default_model=model, checked=planned, names=item_names)
     records: list[ClipRecord] = []
     stopped: BatchInputError | None = None
     try:
-        async for record, _ in _bounded(items, min(int(max_concurrency), planned.items), run):
+        async for record, _ in _bounded(numbered(items), min(int(max_concurrency), planned.items), run):
             # A batch holds its records only, not its clips; and the summary shows the first MAX_PICTURES clips'
             # pictures, so the others' are not kept either (a thousand clips' pictures are tens of MB).
-            if _item_number(record.step) > MAX_PICTURES:
+            if places[record.step] > MAX_PICTURES:
                 record = replace(record, thumbnail_data_uri=None, filmstrip_data_uri=None)
             records.append(record)
     except BatchInputError as exc:  # the clips already made are stored: report them, then fail
         stopped = exc
-    records.sort(key=lambda r: _item_number(r.step))
+    records.sort(key=lambda r: places[r.step])
     result = RunResult(run_key=run.run_key, records=records)
     await _finish("batch", "Kling batch", result, run)
     message = result.describe()

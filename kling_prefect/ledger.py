@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,7 +46,7 @@ from kling_prefect.leases import DEFAULT_LEASE_SECONDS, lease_directory, step_le
 from kling_prefect.models import KlingRequest
 from kling_prefect.records import SubmittedJob
 
-__all__ = ["StepLedger", "request_fingerprint", "step_key"]
+__all__ = ["StepLedger", "request_fingerprint", "run_lease_directory", "step_key"]
 
 _UNREADABLE = "(the note could not be read)"
 
@@ -92,6 +93,23 @@ def _warn_once_per_machine_leases(storage: str) -> None:
         "Set lease_url (SHORTAPI_LEASE_URL=redis://...) when workers on several machines share this storage",
         storage,
     )
+
+
+def run_lease_directory(lease_url: str | None) -> Path:
+    """Where this run's file leases live (:func:`~kling_prefect.leases.lease_directory` of its result storage):
+    beside a local result storage, else in ``$PREFECT_HOME``, with a warning (once per storage) when the storage
+    is shared by machines that such file leases do not reach and no ``lease_url`` is set."""
+    storage = get_result_store().result_storage
+    basepath: str | None = None
+    if storage is None:  # Prefect's default: a local folder
+        from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+        basepath = str(PREFECT_LOCAL_STORAGE_PATH.value())
+    elif isinstance(storage, LocalFileSystem):
+        basepath = storage.basepath
+    elif not lease_url:
+        _warn_once_per_machine_leases(type(storage).__name__)
+    return lease_directory(basepath)
 
 
 @dataclass(frozen=True)
@@ -144,16 +162,6 @@ class StepLedger:
             lease_url: a Redis URL for leases across machines (``None``: file leases on this machine).
             lease_seconds: how long a Redis lease outlives a holder that stopped renewing it.
         """
-        storage = get_result_store().result_storage
-        basepath: str | None = None
-        if storage is None:  # Prefect's default: a local folder
-            from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
-
-            basepath = str(PREFECT_LOCAL_STORAGE_PATH.value())
-        elif isinstance(storage, LocalFileSystem):
-            basepath = storage.basepath
-        elif not lease_url:
-            _warn_once_per_machine_leases(type(storage).__name__)
         logger = get_run_logger()
 
         def waiting() -> None:
@@ -173,7 +181,7 @@ class StepLedger:
         async with step_lease(
             self._key("lease"),
             lease_url=lease_url,
-            directory=lease_directory(basepath),
+            directory=run_lease_directory(lease_url),
             lease_seconds=lease_seconds,
             on_wait=waiting,
             on_lost=lost,

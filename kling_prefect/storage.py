@@ -9,7 +9,9 @@ A paid clip is never lost to another one: every video is stored with a small rec
 (``<step>.json``: the job id, model, cost, size), and :func:`claim_key` decides where a job's video goes. A
 key that holds this job's video already is reused (storing the same job again is a no-op); a key that holds
 anything else (another job's clip, or a file without a record) is left alone, and the video goes under
-``<step>.<job id>.mp4`` beside it, with a warning.
+``<step>.<job id>.mp4`` beside it, with a warning. Reading a key and writing it are two requests: attempts
+storing at one key at the same moment (in any process) take turns under a lease on it, held by the store task
+(:func:`~kling_prefect.tasks.store.destination_lease`), so neither writes over what the other stored.
 
 Examples:
     ```python

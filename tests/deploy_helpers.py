@@ -8,12 +8,14 @@ Every subprocess gets the server's PREFECT_API_URL and its own PREFECT_HOME, off
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,8 +178,9 @@ def start_worker(
     run_once: bool = True,
     name: str | None = None,
     limit: int | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.Popen[bytes]:
-    """`prefect worker start` in its own process group.
+    """`prefect worker start` in its own process group, in ``cwd`` (default: the repository).
 
     Args:
         run_once: poll once, run what was found, exit when those runs ended (``--run-once``); otherwise the
@@ -197,7 +200,7 @@ def start_worker(
         args += ["--limit", str(limit)]
     with log.open("wb") as out:
         return subprocess.Popen(
-            args, env=dict(env), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            args, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -220,4 +223,38 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@contextmanager
+def redis_server(folder: Path, timeout: float = 20.0) -> Iterator[str]:
+    """A real ``redis-server`` on a free loopback port, no persistence; yields its ``redis://`` URL.
+
+    Raises:
+        FileNotFoundError: redis-server is not installed (Debian: ``apt-get install redis-server``).
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+    import redis
+
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args += ["--dir", str(folder)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        process.terminate()
         process.wait(timeout=10)

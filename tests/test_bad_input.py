@@ -103,6 +103,7 @@ FLOW_CASES: list[tuple[Callable[..., Any], dict[str, Any], type[Exception], str]
     (batch, {"prompts": []}, BatchInputError, "empty"),
     (batch, {"prompts": ["x"], "max_concurrency": 0}, InvalidInput, "max_concurrency"),
     (batch, {"prompts": ["x"], "max_concurrency": 10**6}, InvalidInput, "max_concurrency"),
+    (batch, {"prompts": ["x"], "item_names": "by-name"}, ParameterTypeError, "item_names"),
     (batch, {"prompts": ["x"], "model": "kling-9"}, BatchInputError, "model"),
     (batch, {"prompts": [{"prompt": "x", "duration": 99}]}, BatchInputError, "item 1: duration"),
     (batch, {"prompts": ["ok", {"duration": 5}]}, BatchInputError, "item 2: prompt: missing"),
@@ -216,6 +217,28 @@ def test_a_batch_is_checked_and_priced_whole_then_read_as_it_is_consumed(tmp_pat
     with pytest.raises(BatchInputError) as caught:
         check_batch(prompts=["ok", "", "fine", {"duration": 5}], default_model="kling-o3")
     assert [p.split(":")[0] for p in caught.value.problems] == ["item 2", "item 4"]
+
+
+def test_batch_items_named_by_content_are_one_step_whatever_their_slice_and_place() -> None:
+    """Flow runs sharing a run key hold the same item at different places: named by content it is one step (one
+    create, one stored clip); a repeat in one input is a second take; by position (the default) only the place
+    counts."""
+    a = [{"prompt": "a fox", "duration": 5}, "a heron", "a fox"]
+    b = ["a heron", "an owl", {"duration": 5, "prompt": "a fox"}]
+    first, second = (load_batch_items(prompts=p, default_model="kling-o3", names="content") for p in (a, b))
+    fox, heron, plain_fox = (item.step for item in first)  # "a fox" alone asks for another duration
+    assert fox.startswith("item-") and len(fox) == len("item-") + 12 and plain_fox != fox
+    assert [item.step for item in second] == [heron, second[1].step, fox]  # same requests, same steps
+    assert len({fox, heron, plain_fox, second[1].step}) == 4
+    assert [item.number for item in second] == [1, 2, 3]
+    again = load_batch_items(prompts=["a fox", "a fox", "a fox"], default_model="kling-o3", names="content")
+    assert [item.step for item in again] == [plain_fox, f"{plain_fox}-2", f"{plain_fox}-3"]  # three takes
+    other_model = load_batch_items(prompts=["a heron"], default_model="kling-2.6", names="content")
+    assert other_model[0].step != heron  # what is asked for includes the model
+    by_place = load_batch_items(prompts=b, default_model="kling-o3")
+    assert [item.step for item in by_place] == ["item-0001", "item-0002", "item-0003"]
+    with pytest.raises(BatchInputError, match="item_names"):
+        load_batch_items(prompts=a, default_model="kling-o3", names="by-name")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------- request models

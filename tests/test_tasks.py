@@ -3,8 +3,10 @@ across failures and re-runs, clips of different run keys never collide, nothing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,56 @@ async def test_another_jobs_file_at_the_clips_place_is_never_replaced(vendor_env
     assert stored.parent == folder and stored.name.startswith("clip.") and stored.name != "clip.mp4"
     assert sorted(p.name for p in folder.glob("*.mp4")) == sorted(["clip.mp4", stored.name])
     assert media.is_decodable_mp4(stored)
+
+
+async def test_attempts_storing_at_one_place_at_once_write_each_file_once(
+    vendor_env, s3_bucket_block, tmp_path, monkeypatch
+) -> None:
+    """Flow runs on several workers that resumed one job store it at the same moment, and another job may want
+    the same key: they take turns under a lease on the key, so the job's clip is downloaded and written once (one
+    version in a versioned bucket) and the other job's clip goes beside it, not over it."""
+    import boto3
+
+    from kling_prefect.tasks import store_kling_video, submit_kling_job, wait_for_kling_job
+
+    emu = vendor_env
+    block, endpoint, bucket = s3_bucket_block
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    monkeypatch.chdir(tmp_path)
+    requests = [REQUEST, KlingO3TextToVideo(prompt="A heron on one leg", duration=3, mode="std")]
+
+    @flow
+    async def store_at_once(run_key: str) -> tuple[list[str], list[str]]:
+        jobs = [await submit_kling_job(r, run_key=run_key, step=f"clip-{i}") for i, r in enumerate(requests, 1)]
+        finished = [await wait_for_kling_job(job, poll_interval=0.05, timeout=60.0) for job in jobs]
+        store = store_kling_video.with_options(refresh_cache=True)  # as if no attempt saw another's result
+        stored = await asyncio.gather(
+            *(
+                store(
+                    finished[i],
+                    storage=StorageSpec(directory=str(tmp_path / f"w{n}"), s3_bucket_block=block),
+                    key="a.mp4",
+                )
+                for n, i in enumerate([0, 0, 1])  # one job twice (two workers' own folders), another job once
+            )
+        )
+        return [s.video.key for s in stored], [job.job_id for job in jobs]
+
+    downloads = emu.stats().downloads
+    keys, job_ids = await store_at_once("rk-at-once")
+    prefix = "kling/rk-at-once/"
+    # One job's clip at the key, the other's beside it under its job id; the job stored twice is at one key.
+    first = 0 if keys[0] == f"{prefix}a.mp4" else 1
+    other = 1 - first
+    assert keys[0] == keys[1] and {keys[0], keys[2]} == {f"{prefix}a.mp4", f"{prefix}a.{job_ids[other]}.mp4"}, keys
+    assert emu.stats().downloads == downloads + 2  # each job's clip downloaded once
+    listing = s3.list_object_versions(Bucket=bucket, Prefix=prefix)
+    versions = Counter(v["Key"] for v in listing.get("Versions", []))
+    assert versions[f"{prefix}a.mp4"] == 1 and set(versions.values()) == {1}, versions  # nothing written twice
+    for key, job_id in ((keys[0], job_ids[0]), (keys[2], job_ids[1])):
+        record = json.loads(s3.get_object(Bucket=bucket, Key=key.removesuffix(".mp4") + ".json")["Body"].read())
+        assert record["job_id"] == job_id
 
 
 async def test_a_store_without_its_cached_result_finds_the_clip_and_rewrites_nothing(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,17 @@ from prefect.context import TaskRunContext
 
 from kling_prefect import events, media, progress
 from kling_prefect.atomic import remove_stale_temporaries
+from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.dispatch import dispatching_task
 from kling_prefect.exceptions import DownloadFailed
+from kling_prefect.leases import step_lease
+from kling_prefect.ledger import run_lease_directory
 from kling_prefect.records import FinishedJob, StoredVideo
 from kling_prefect.storage import StorageSpec, StoredObject, VideoStore, claim_key, safe_name
-from kling_prefect.tasks.connect import open_client
+from kling_prefect.tasks.connect import load_credentials, open_client
 from kling_prefect.tasks.wait import retry_resumable
 
-__all__ = ["StoredVideoKey", "store_kling_video"]
+__all__ = ["StoredVideoKey", "destination_lease", "store_kling_video"]
 
 #: Bounds of the thumbnail stored beside each clip (``<step>.thumb.jpg``): a portrait clip's is as high as wide.
 THUMBNAIL_BOX = (192, 192)
@@ -116,8 +121,10 @@ async def store_kling_video(
 
     Never replaces another job's file: a key that holds one is left alone and the video goes under
     ``<step>.<job id>.mp4`` (see :func:`~kling_prefect.storage.claim_key`). Storing the same job again is a
-    no-op: nothing is downloaded or rewritten. ``pictures`` adds small inline JPEGs (a thumbnail and a
-    filmstrip) for artifacts.
+    no-op: nothing is downloaded or rewritten. Attempts storing at one key at the same moment, in any process
+    sharing the lease store (flow runs on several workers resuming one job), take turns under a lease on it
+    (:func:`destination_lease`), so each file is written once. ``pictures`` adds small inline JPEGs (a thumbnail
+    and a filmstrip) for artifacts.
 
     Examples:
         ```python
@@ -125,11 +132,50 @@ async def store_kling_video(
         stored.video.uri, stored.duration_seconds
         ```
     """
-    logger = get_run_logger()
     submitted = job.submitted
     spec = (storage or StorageSpec()).for_run(submitted.run_key)
     store = await spec.open(submitted.run_key)
     wanted = key or f"{safe_name(submitted.step)}.mp4"
+    credentials = await load_credentials(credentials_block)
+    async with destination_lease(store, wanted, credentials):
+        return await _store(job, spec, store, wanted, credentials, pictures)
+
+
+@asynccontextmanager
+async def destination_lease(store: VideoStore, key: str, credentials: ShortAPICredentials) -> AsyncIterator[None]:
+    """Hold the lease on ``key`` in ``store`` (:mod:`kling_prefect.leases`, the credentials' ``lease_url``) while
+    a file is claimed there and written: an attempt storing there at the same time, in any process sharing the
+    lease store, waits, then finds what this one stored (:func:`~kling_prefect.storage.claim_key`). Without it,
+    two attempts could both find the key free and both write it: the same clip twice (on S3, two versions), or
+    one job's clip over another's."""
+    lease_url = credentials.lease_url_value()
+    place = hashlib.sha256(f"{store.description}|{key}".encode()).hexdigest()
+    logger = get_run_logger()
+
+    def waiting() -> None:
+        logger.info("%s: another attempt is storing a file there; waiting for it", key)
+
+    async with step_lease(
+        f"kling-store-lease-{place}",
+        lease_url=lease_url,
+        directory=run_lease_directory(lease_url),
+        lease_seconds=credentials.lease_seconds,
+        on_wait=waiting,
+    ):
+        yield
+
+
+async def _store(
+    job: FinishedJob,
+    spec: StorageSpec,
+    store: VideoStore,
+    wanted: str,
+    credentials: ShortAPICredentials,
+    pictures: bool,
+) -> StoredVideo:
+    """The body of :func:`store_kling_video`, under the lease on ``wanted``."""
+    logger = get_run_logger()
+    submitted = job.submitted
     chosen, record = await claim_key(store, wanted, submitted.job_id)
     if record is not None:
         existing = await _already_stored(store, chosen, job, record)
@@ -141,7 +187,7 @@ async def store_kling_video(
     local = downloads / f"{safe_name(submitted.job_id)}.mp4"
     remove_stale_temporaries(local)  # left by a process killed mid-download
     progress.emit(progress.ProgressEvent(submitted.run_key, submitted.step, "downloading", 1.0, submitted.job_id))
-    client = await open_client(credentials_block)
+    client = await open_client(None, credentials=credentials)
     async with client:
         await client.download(job.video_urls[0], local, job_id=submitted.job_id)
     decodable = await anyio.to_thread.run_sync(media.is_decodable_mp4, local)
