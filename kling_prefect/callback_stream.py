@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -92,6 +93,7 @@ class StreamCallbacks(CallbackReceiver):
         self._subscriber = subscriber
         self._live = False
         self._recent: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[Any, None] = OrderedDict()  # ids of the events heard, across subscriptions
         self._stopping = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -197,8 +199,6 @@ class StreamCallbacks(CallbackReceiver):
                     self._set_live(False, f"no event from the relay in {self.stale_after:g} s")
                     return heard  # a quiet socket may be a dead one: subscribe again
                 heard = True
-                self.events += 1
-                self._set_live(True, None)
                 self._heard(event)
         return heard
 
@@ -213,6 +213,19 @@ class StreamCallbacks(CallbackReceiver):
         return get_events_subscriber(filter=EventFilter(event=EventNameFilter(name=names)), reconnection_attempts=2)
 
     def _heard(self, event: Any) -> None:
+        with self._lock:
+            # A new subscription replays about the last minute: an event heard before is not heard again.
+            if event.id in self._seen:
+                return
+            self._seen[event.id] = None
+            while len(self._seen) > RECENT_UNKNOWN:
+                self._seen.popitem(last=False)
+        self.events += 1
+        # Only a recent event says the stream and the relay are alive now; a replayed one from a relay that has
+        # since died does not (the relay's clock dates it: a skew of seconds against stale_after is harmless).
+        age = (datetime.now(UTC) - event.occurred).total_seconds()
+        if age < self.stale_after:
+            self._set_live(True, None)
         if event.event != CALLBACK_RECEIVED:
             return
         token = event.resource.get("kling.callback.token")

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -133,6 +136,8 @@ async def test_other_methods_are_refused(relay) -> None:
 class Event:
     event: str
     resource: dict[str, str] = field(default_factory=dict)
+    occurred: datetime = field(default_factory=lambda: datetime.now(UTC))
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
 class FakeStream:
@@ -233,6 +238,26 @@ def test_a_dropped_or_quiet_stream_is_not_trusted_and_is_subscribed_again(faked)
         assert until(lambda: callbacks.trusted)
         # Quiet for stale_after (the relay died, or the socket hangs): not trusted, subscribed again.
         assert until(lambda: not callbacks.trusted and stream.opened == 3)
+
+
+def test_replayed_events_neither_ring_twice_nor_make_a_dead_relay_look_alive(faked) -> None:
+    callbacks, stream = faked
+    old = datetime.now(UTC) - timedelta(seconds=50)
+    stream.push(Event(CALLBACK_HEARTBEAT, occurred=old))  # the backfill of a relay that has since died
+    url = callbacks.new_url()
+    ours = url.rsplit("/", 1)[-1]
+    callback = Event(CALLBACK_RECEIVED, {"kling.callback.token": ours}, occurred=old)
+    doorbell = Doorbell()
+    with callbacks.subscribe(url, doorbell):
+        stream.push(callback)
+        assert until(lambda: callbacks.stats()["received"] == 1)  # an old callback still wakes its wait
+        assert doorbell.take_hint()
+        assert not callbacks.trusted  # nothing recent was heard
+        stream.push(callback)  # the same event again, as a new subscription replays it
+        stream.push(Event(CALLBACK_HEARTBEAT))
+        assert until(lambda: callbacks.stats()["events"] == 3)
+        assert not doorbell.take_hint() and callbacks.stats()["received"] == 1
+    assert callbacks.stats()["events"] == 3
 
 
 def test_the_relay_mode_needs_a_relay_that_answers_the_probe(caplog) -> None:
@@ -349,7 +374,10 @@ async def test_a_relay_process_wakes_each_wait_through_the_event_stream(
             callbacks.close()
 
 
-async def test_when_the_relay_dies_waits_poll_and_every_job_ends(prefect_server, emulator, fast_client_options) -> None:
+async def test_when_the_relay_dies_waits_poll_and_every_job_ends(
+    prefect_server, emulator, fast_client_options, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="kling_prefect.callbacks")
     port = free_port()
     with relay_process(port) as process:
         callbacks = StreamCallbacks(f"http://127.0.0.1:{port}/hooks/kling", stale_after=1.5).start()
@@ -362,8 +390,9 @@ async def test_when_the_relay_dies_waits_poll_and_every_job_ends(prefect_server,
             # A fallback of 60 s: only the full poll schedule can end these waits within their 20 s timeout.
             jobs = await wait_all(callbacks, emulator, fast_client_options, 8, callback_fallback=60.0)
             assert all(job.state == "succeeded" for job in jobs)
-            stats = emulator.stats()
-            assert stats.callbacks_sent == 0 and stats.queries > 8
-            assert callbacks.stats()["subscriptions"] >= 2  # it kept subscribing again
+            assert emulator.stats().callbacks_sent == 0
+            # It kept subscribing again, and the relay's replayed heartbeats never made it trusted again.
+            assert callbacks.stats()["subscriptions"] >= 2 and not callbacks.trusted
+            assert "hearing callbacks" not in caplog.text.split("not heard", 1)[-1]
         finally:
             callbacks.close()
