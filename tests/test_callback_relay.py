@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -396,3 +397,58 @@ async def test_when_the_relay_dies_waits_poll_and_every_job_ends(
             assert "hearing callbacks" not in caplog.text.split("not heard", 1)[-1]
         finally:
             callbacks.close()
+
+
+WORKER = """
+import asyncio, json, sys
+from kling_prefect.callback_stream import StreamCallbacks, wait_until_live
+from kling_prefect.client import PollPolicy, ShortAPIClient
+from kling_prefect.credentials import ShortAPICredentials
+from kling_prefect.models import KlingO3TextToVideo
+
+async def main(count):
+    credentials = ShortAPICredentials.from_env()  # SHORTAPI_CALLBACK_MODE=relay: no listener of its own
+    callbacks = credentials.callback_receiver()
+    assert isinstance(callbacks, StreamCallbacks), callbacks
+    assert await asyncio.to_thread(wait_until_live, callbacks, 30), "the stream never came live"
+    poll = PollPolicy.scaled(0.02, callback_fallback=30.0)
+    request = KlingO3TextToVideo(prompt="A lantern on a jetty", duration=3, mode="std")
+    async with ShortAPIClient(**credentials.client_options(), poll=poll, callbacks=callbacks) as client:
+        created = await asyncio.gather(*(client.create_job(request) for _ in range(count)))
+        jobs = await asyncio.gather(*(client.wait_for_job(c, timeout=20) for c in created))
+    print(json.dumps({"jobs": [job.job_id for job in jobs], "stats": callbacks.stats()}))
+
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+async def test_two_worker_processes_share_one_relay(prefect_server, emulator) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    port = free_port()
+    with relay_process(port):
+        env = {
+            **os.environ,
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "SHORTAPI_KEY": "sk-test-0123456789",
+            "SHORTAPI_BASE_URL": emulator.base_url,
+            "SHORTAPI_CALLBACK_URL": f"http://127.0.0.1:{port}/hooks/kling",
+            "SHORTAPI_CALLBACK_MODE": "relay",
+        }
+        workers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-c", WORKER, "8", env=env, stdout=asyncio.subprocess.PIPE
+            )
+            for _ in range(2)
+        ]
+        outputs = [await asyncio.wait_for(worker.communicate(), 120) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0]
+    reports = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
+    stats = emulator.stats()
+    assert stats.creates == 16 and stats.callbacks_sent == 16
+    # Each worker heard every callback on the stream and woke only its own waits: one query a job.
+    for report in reports:
+        assert len(report["jobs"]) == 8
+        assert report["stats"]["confirmed"] == 8 and report["stats"]["missed"] == 0
+        assert all(stats.jobs[job_id].queries == 1 for job_id in report["jobs"])
+    assert stats.queries == 16
