@@ -66,7 +66,8 @@ MAX_BODY = 16 * 1024
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 #: A job id the body may claim, kept as a related resource only when it has this shape.
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-HEARTBEAT_SECONDS = 10.0
+#: Seconds between the relay's heartbeats (workers take ~3 missed beats for a dead relay or stream).
+HEARTBEAT_SECONDS = 3.0
 
 logger = logging.getLogger("kling_prefect.callback_relay")
 

@@ -64,7 +64,8 @@ class StreamCallbacks(CallbackReceiver):
     Args:
         public_url: the relay's base URL (no ``{port}``: the relay's address is fixed).
         probe: GET ``<public_url>/kling-callback-probe`` on start and refuse to be used unless a relay answers.
-        stale_after: seconds without any event after which the stream is taken for dead.
+        stale_after: seconds without any event after which the stream is taken for dead (at least three of the
+            relay's heartbeat intervals, which its heartbeats carry).
         subscriber: ``subscriber()`` returning an async context manager that iterates events; default:
             Prefect's ``get_events_subscriber`` on the current ``PREFECT_API_URL``.
 
@@ -90,6 +91,7 @@ class StreamCallbacks(CallbackReceiver):
             raise ValueError("callback_url: a relay's URL has no {port} (that is for a listener of this process)")
         super().__init__(public_url, "127.0.0.1:0", self_test=probe)
         self.stale_after = stale_after
+        self._quiet_limit = stale_after  # stale_after, or 3 beats of a relay that says it beats slower
         self._subscriber = subscriber
         self._live = False
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -157,7 +159,7 @@ class StreamCallbacks(CallbackReceiver):
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self._set_live(False, None)
+        self._live = False  # closed on purpose: no warning
         self._trusted = False
 
     # -- the subscription
@@ -191,12 +193,12 @@ class StreamCallbacks(CallbackReceiver):
             events = subscriber.__aiter__()
             while not self._stopping.is_set():
                 try:
-                    event = await asyncio.wait_for(events.__anext__(), timeout=self.stale_after)
+                    event = await asyncio.wait_for(events.__anext__(), timeout=self._quiet_limit)
                 except StopAsyncIteration:
                     self._set_live(False, "the event stream closed")
                     return heard
                 except TimeoutError:
-                    self._set_live(False, f"no event from the relay in {self.stale_after:g} s")
+                    self._set_live(False, f"no event from the relay in {self._quiet_limit:g} s")
                     return heard  # a quiet socket may be a dead one: subscribe again
                 heard = True
                 self._heard(event)
@@ -221,10 +223,14 @@ class StreamCallbacks(CallbackReceiver):
             while len(self._seen) > RECENT_UNKNOWN:
                 self._seen.popitem(last=False)
         self.events += 1
+        if event.event == CALLBACK_HEARTBEAT:
+            interval = (getattr(event, "payload", None) or {}).get("interval_seconds")
+            if isinstance(interval, (int, float)) and 0 < interval <= 3600:
+                self._quiet_limit = max(self.stale_after, 3 * float(interval))
         # Only a recent event says the stream and the relay are alive now; a replayed one from a relay that has
         # since died does not (the relay's clock dates it: a skew of seconds against stale_after is harmless).
         age = (datetime.now(UTC) - event.occurred).total_seconds()
-        if age < self.stale_after:
+        if age < self._quiet_limit:
             self._set_live(True, None)
         if event.event != CALLBACK_RECEIVED:
             return

@@ -139,6 +139,7 @@ class Event:
     resource: dict[str, str] = field(default_factory=dict)
     occurred: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    payload: dict[str, Any] = field(default_factory=dict)
 
 
 class FakeStream:
@@ -239,6 +240,14 @@ def test_a_dropped_or_quiet_stream_is_not_trusted_and_is_subscribed_again(faked)
         assert until(lambda: callbacks.trusted)
         # Quiet for stale_after (the relay died, or the socket hangs): not trusted, subscribed again.
         assert until(lambda: not callbacks.trusted and stream.opened == 3)
+
+
+def test_a_relay_that_beats_slower_is_given_three_of_its_beats(faked) -> None:
+    callbacks, stream = faked
+    stream.push(Event(CALLBACK_HEARTBEAT, payload={"interval_seconds": 2}))
+    assert until(lambda: callbacks.trusted)
+    time.sleep(1.0)  # past stale_after (0.3 s), within three of the relay's beats (6 s)
+    assert callbacks.trusted and callbacks.stats()["subscriptions"] == 1
 
 
 def test_replayed_events_neither_ring_twice_nor_make_a_dead_relay_look_alive(faked) -> None:

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kling_prefect.callback_relay import HEARTBEAT_SECONDS
 from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, PlannedClip, chain_plan, flag_namer, image_to_video_plan, is_image_to_video
 from kling_prefect.cli.registry import add_output_options, command, queries_per_second, whole_number
@@ -558,9 +559,9 @@ def _callbacks_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heartbeat",
         type=float,
-        default=10.0,
+        default=HEARTBEAT_SECONDS,
         metavar="SECONDS",
-        help="seconds between the heartbeat events workers listen for (0: none). Default: 10",
+        help=f"seconds between the heartbeat events workers listen for (0: none). Default: {HEARTBEAT_SECONDS:g}",
     )
 
 

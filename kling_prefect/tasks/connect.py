@@ -43,7 +43,7 @@ async def open_client(
     )
 
 
-#: The receivers tasks in this process got, by (callback_url, callback_listen): each one looked up (and
+#: The receivers tasks in this process got, by (callback_url, callback_listen, callback_mode): each one looked up (and
 #: said in the run's log) once, not with a thread hop per task run.
 _task_receivers: dict[tuple[str, str, str], CallbackReceiver | None] = {}
 
