@@ -284,6 +284,16 @@ def test_the_relay_mode_needs_a_relay_that_answers_the_probe(caplog) -> None:
         ShortAPICredentials.from_env({**env, "SHORTAPI_CALLBACK_MODE": "x"})
 
 
+def test_the_serve_command_checks_its_input(capsys) -> None:
+    from kling_prefect.cli import main
+    from kling_prefect.cli.errors import EXIT_USAGE
+
+    assert main(["callbacks", "serve", "--listen", "nowhere"]) == EXIT_USAGE
+    assert "--listen: expected host:port" in capsys.readouterr().err
+    assert main(["callbacks", "serve", "--heartbeat", "-1"]) == EXIT_USAGE
+    assert "--heartbeat" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------- real processes
 
 
