@@ -2,8 +2,8 @@
 """Callbacks for a pool: two worker processes, one callback relay, one Prefect server, the emulator's callbacks.
 
 Starts ``prefect server start`` (its own SQLite home), the bundled emulator in this process (every job
-``--job-seconds`` +- jitter), ``kling-prefect callbacks serve`` publishing to that server, and ``--workers``
-processes configured only by the environment (``SHORTAPI_CALLBACK_URL`` = the relay,
+``--job-seconds`` +- ``--jitter``, uniformly), ``kling-prefect callbacks serve`` publishing to that server, and
+``--workers`` processes configured only by the environment (``SHORTAPI_CALLBACK_URL`` = the relay,
 ``SHORTAPI_CALLBACK_MODE=relay``), each creating its share of ``--jobs`` and waiting for them with the default
 poll policy (callbacks trusted: a fallback query every 60 s). ``--kill-relay-after S`` terminates the relay S
 seconds after the jobs were created: the rest are found by polling.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -74,16 +75,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--job-seconds", type=float, default=20.0)
-    parser.add_argument("--jitter", type=float, default=0.15, help="log-normal sigma (0.15: about +-30%%)")
+    parser.add_argument("--jitter", type=float, default=0.3, help="each job: job-seconds x uniform(1 +- jitter)")
     parser.add_argument("--kill-relay-after", type=float, default=None, metavar="S")
     args = parser.parse_args()
 
     from kling_prefect.emulator import Emulator
 
+    rng = random.Random(11)  # the emulator's job_time override takes no jitter of its own
+
+    def job_time(*_: object) -> float:
+        return args.job_seconds * rng.uniform(1 - args.jitter, 1 + args.jitter)
+
     workdir = Path(tempfile.mkdtemp(prefix="bench-relay-"))
     with (
         PrefectServer(workdir / "prefect") as server,
-        Emulator(time_scale=1.0, seed=11, timing_jitter=args.jitter, job_time=lambda *_: args.job_seconds) as emu,
+        Emulator(time_scale=1.0, seed=11, job_time=job_time) as emu,
     ):
         port = free_port()
         env = {**os.environ, **server.env(), "PREFECT_API_URL": server.url}
