@@ -561,7 +561,7 @@ def _callbacks_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=HEARTBEAT_SECONDS,
         metavar="SECONDS",
-        help=f"seconds between the heartbeat events workers listen for (0: none). Default: {HEARTBEAT_SECONDS:g}",
+        help=f"seconds between the heartbeats workers listen for, 0-3600 (0: none). Default: {HEARTBEAT_SECONDS:g}",
     )
 
 
