@@ -215,7 +215,8 @@ class CallbackReceiver:
             yield False
             return
         with self._lock:
-            state = self._tokens.setdefault(token, _Token())
+            state = self._tokens.get(token) or self._adopt(token)
+            self._tokens[token] = state
             self._tokens.move_to_end(token)
             state.doorbells = (state.doorbells or set()) | {doorbell}
             rung = state.rung
@@ -265,6 +266,7 @@ class CallbackReceiver:
             state = self._tokens.get(token)
             if state is None:
                 self.unknown += 1
+                self._remember_unknown(token)
                 return False
             self.received += 1
             state.rung = True
@@ -272,6 +274,13 @@ class CallbackReceiver:
         for doorbell in doorbells:
             doorbell.hint()
         return True
+
+    def _adopt(self, token: str) -> _Token:
+        """The state of a token this receiver did not issue (a resumed job's): not rung yet. Called locked."""
+        return _Token()
+
+    def _remember_unknown(self, token: str) -> None:
+        """A callback for a token not known here: forgotten (a subclass may keep it for a wait to come). Locked."""
 
     def stats(self) -> dict[str, Any]:
         """Counters: callbacks received/unknown, jobs confirmed/missed, whether trusted, tokens outstanding."""
@@ -321,31 +330,49 @@ def _handler_for(receiver: CallbackReceiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-_receivers: dict[tuple[str, str], CallbackReceiver | None] = {}
+#: What hears a job's callback: ``listen`` (this process listens on ``callback_listen``) or ``relay`` (a relay
+#: serves ``callback_url`` and this process hears it on Prefect's event stream, see
+#: :mod:`kling_prefect.callback_stream`).
+CALLBACK_MODES = ("listen", "relay")
+
+_receivers: dict[tuple[str, str, str], CallbackReceiver | None] = {}
 _receivers_lock = threading.Lock()
 
 
-def callback_receiver(public_url: str, listen: str = "127.0.0.1:0") -> CallbackReceiver | None:
-    """The process's started receiver for (``public_url``, ``listen``), or ``None`` if it cannot work here.
+def check_mode(value: str) -> str:
+    """``listen`` or ``relay`` (stripped, lower case); ``ValueError`` otherwise."""
+    mode = value.strip().lower()
+    if mode not in CALLBACK_MODES:
+        raise ValueError(f"callback_mode: must be listen or relay, got {value[:20]!r}")
+    return mode
+
+
+def callback_receiver(public_url: str, listen: str = "127.0.0.1:0", mode: str = "listen") -> CallbackReceiver | None:
+    """The process's started receiver for (``public_url``, ``listen``, ``mode``), or ``None`` if it cannot work here.
 
     Started on first use and kept for the life of the process (flows and tasks in it share it). When the
-    address cannot be bound (another process has it) or the self-test fails, a warning says why and ``None``
-    is returned from then on: waits then poll as if no callbacks were configured.
+    address cannot be bound (another process has it), the self-test fails or (``relay``) no relay answers the
+    probe, a warning says why and ``None`` is returned from then on: waits then poll as if no callbacks were
+    configured.
     """
-    key = (check_public_url(public_url), listen.strip())
+    key = (check_public_url(public_url), listen.strip(), check_mode(mode))
     parse_listen(key[1])
     with _receivers_lock:
         if key in _receivers:
             return _receivers[key]
-        receiver: CallbackReceiver | None = CallbackReceiver(key[0], key[1])
+        receiver: CallbackReceiver | None
         try:
-            assert receiver is not None
-            receiver.start()
-        except (OSError, RuntimeError) as exc:
+            if key[2] == "relay":
+                from kling_prefect.callback_stream import StreamCallbacks
+
+                receiver = StreamCallbacks(key[0]).start()
+            else:
+                receiver = CallbackReceiver(key[0], key[1]).start()
+        except (OSError, RuntimeError, ValueError) as exc:
             logger.warning("callbacks are off for this process: %s", exc)
             receiver = None
         _receivers[key] = receiver
         return receiver
 
 
-__all__ = ["CallbackReceiver", "callback_receiver", "check_public_url", "parse_listen"]
+__all__ = ["CALLBACK_MODES", "CallbackReceiver", "callback_receiver", "check_mode", "check_public_url", "parse_listen"]

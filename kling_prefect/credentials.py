@@ -25,6 +25,7 @@ Examples:
     | ``SHORTAPI_MAX_RETRY_AFTER`` | ``max_retry_after`` | 300 s |
     | ``SHORTAPI_CALLBACK_URL`` | ``callback_url`` | none (poll only) |
     | ``SHORTAPI_CALLBACK_LISTEN`` | ``callback_listen`` | ``127.0.0.1:0`` |
+    | ``SHORTAPI_CALLBACK_MODE`` | ``callback_mode`` | ``listen`` (``relay``: a relay serves the URL) |
     | ``SHORTAPI_MAX_QUERIES_PER_SECOND`` | ``max_queries_per_second`` | 10 (0: no cap) |
     | ``SHORTAPI_LEASE_URL`` | ``lease_url`` | none (file leases on this machine) |
     | ``SHORTAPI_LEASE_SECONDS`` | ``lease_seconds`` | 10 s |
@@ -44,7 +45,7 @@ from urllib.parse import urlsplit
 from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
-from kling_prefect.callbacks import CallbackReceiver, callback_receiver, check_public_url, parse_listen
+from kling_prefect.callbacks import CallbackReceiver, callback_receiver, check_mode, check_public_url, parse_listen
 from kling_prefect.client import (
     DEFAULT_BASE_URL,
     ENV_BASE_URL,
@@ -59,6 +60,7 @@ __all__ = ["ENV_SETTINGS", "ShortAPICredentials", "check_base_url", "check_lease
 
 ENV_CALLBACK_URL = "SHORTAPI_CALLBACK_URL"
 ENV_CALLBACK_LISTEN = "SHORTAPI_CALLBACK_LISTEN"
+ENV_CALLBACK_MODE = "SHORTAPI_CALLBACK_MODE"
 ENV_LEASE_URL = "SHORTAPI_LEASE_URL"
 
 # Optional tuning variables read by ``from_env``: variable -> (field, type).
@@ -112,6 +114,9 @@ class ShortAPICredentials(CredentialsBlock):
         callback_url: where the vendor can reach this process's callback listener (``{port}``: the port
             bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
+        callback_mode: ``listen`` (this process listens for the callbacks itself) or ``relay`` (``callback_url``
+            is a relay's, ``kling-prefect callbacks serve``: this process hears the callbacks on Prefect's event
+            stream and listens on no port). See :mod:`kling_prefect.callback_stream`.
         max_queries_per_second: the cap on job queries per second shared by every wait in a process (0: none).
         lease_url: a Redis URL (``redis://:password@host:6379/0``) holding the step leases, for workers on several
             machines sharing one result storage; unset, leases are files on this machine. A ``SecretStr`` like the
@@ -153,6 +158,11 @@ class ShortAPICredentials(CredentialsBlock):
         description="Public base URL of this process's callback listener ({port}: the bound port); unset: poll only.",
     )
     callback_listen: str = Field(default="127.0.0.1:0", description="host:port the callback listener binds.")
+    callback_mode: str = Field(
+        default="listen",
+        description="listen: this process listens for callbacks; relay: a relay serves callback_url and this "
+        "process hears the callbacks on Prefect's event stream.",
+    )
     max_queries_per_second: float = Field(
         default=DEFAULT_QUERIES_PER_SECOND,
         ge=0,
@@ -193,6 +203,11 @@ class ShortAPICredentials(CredentialsBlock):
         parse_listen(value)
         return value.strip()
 
+    @field_validator("callback_mode")
+    @classmethod
+    def _check_callback_mode(cls, value: str) -> str:
+        return check_mode(value)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ShortAPICredentials:
         """Credentials from ``SHORTAPI_KEY``, ``SHORTAPI_BASE_URL`` (default ``https://api.shortapi.ai``) and the
@@ -215,6 +230,7 @@ class ShortAPICredentials(CredentialsBlock):
         for variable, name, check in (
             (ENV_CALLBACK_URL, "callback_url", check_public_url),
             (ENV_CALLBACK_LISTEN, "callback_listen", parse_listen),
+            (ENV_CALLBACK_MODE, "callback_mode", check_mode),
             (ENV_LEASE_URL, "lease_url", check_lease_url),
         ):
             text = env.get(variable, "").strip()
@@ -223,7 +239,7 @@ class ShortAPICredentials(CredentialsBlock):
                     check(text)
                 except ValueError as exc:  # "callback_url: why" -> "SHORTAPI_CALLBACK_URL: why"
                     raise ValueError(f"{variable}: {str(exc).split(': ', 1)[-1]}") from None
-                settings[name] = text
+                settings[name] = check(text) if check is check_mode else text
         for variable, (name, kind) in ENV_SETTINGS.items():
             text = env.get(variable, "").strip()
             if not text:
@@ -265,7 +281,7 @@ class ShortAPICredentials(CredentialsBlock):
         """
         if not self.callback_url:
             return None
-        return callback_receiver(self.callback_url, self.callback_listen)
+        return callback_receiver(self.callback_url, self.callback_listen, self.callback_mode)
 
     def get_client(self) -> ShortAPIClient:
         """An async :class:`~kling_prefect.client.ShortAPIClient` configured from this block."""

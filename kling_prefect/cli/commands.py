@@ -1,4 +1,5 @@
-"""The bundled commands: ``demo``, ``chain``, ``batch``, ``storyboard``, ``estimate``, ``emulator``, ``setup``.
+"""The bundled commands: ``demo``, ``chain``, ``batch``, ``storyboard``, ``estimate``, ``emulator``, ``setup``,
+``callbacks``.
 
 Each is registered with :func:`~kling_prefect.cli.registry.command`; the clip-making ones plan their clips
 (:mod:`kling_prefect.cli.plans`) and hand the plan to :func:`~kling_prefect.cli.run.run_plan`.
@@ -20,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kling_prefect.callback_relay import HEARTBEAT_SECONDS
 from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, PlannedClip, chain_plan, flag_namer, image_to_video_plan, is_image_to_video
 from kling_prefect.cli.registry import add_output_options, command, queries_per_second, whole_number
@@ -540,4 +542,52 @@ def setup(args: argparse.Namespace) -> int:
         print("note: no PREFECT_API_URL, so this went to the temporary server's database in PREFECT_HOME")
         if args.max_queries_per_second:
             print("note: processes share the query rate only through a Prefect server they all use (PREFECT_API_URL)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- callbacks
+
+
+def _callbacks_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["serve"], help="serve: run the callback relay until interrupted")
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:8788",
+        metavar="HOST:PORT",
+        help="address the relay binds (behind the public URL the vendor calls). Default: 127.0.0.1:8788",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=HEARTBEAT_SECONDS,
+        metavar="SECONDS",
+        help=f"seconds between the heartbeats workers listen for, 0-3600 (0: none). Default: {HEARTBEAT_SECONDS:g}",
+    )
+
+
+@command(
+    "callbacks",
+    help="serve the callback relay: the vendor's callbacks become Prefect events every worker hears",
+    arguments=_callbacks_arguments,
+    epilog="Workers: SHORTAPI_CALLBACK_URL=<the relay's public URL> SHORTAPI_CALLBACK_MODE=relay, and the same "
+    "PREFECT_API_URL as the relay.",
+)
+def callbacks(args: argparse.Namespace) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    from kling_prefect.callback_relay import serve
+    from kling_prefect.callbacks import parse_listen
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise Failure(f"--listen: {str(exc).split(': ', 1)[-1]}", code=EXIT_USAGE) from None
+    if not 0 <= args.heartbeat <= 3600:
+        raise Failure(f"--heartbeat: must be from 0 to 3600 seconds, got {args.heartbeat:g}", code=EXIT_USAGE)
+    if not PREFECT_API_URL.value():
+        # A relay on a temporary server would publish where no worker listens.
+        raise Failure(
+            "PREFECT_API_URL is not set: the relay publishes to the Prefect API the workers use", code=EXIT_USAGE
+        )
+    serve(host, port, heartbeat_seconds=args.heartbeat)
     return 0

@@ -43,16 +43,16 @@ async def open_client(
     )
 
 
-#: The receivers tasks in this process got, by (callback_url, callback_listen): each one looked up (and
+#: The receivers tasks in this process got, by (callback_url, callback_listen, callback_mode): each one looked up (and
 #: said in the run's log) once, not with a thread hop per task run.
-_task_receivers: dict[tuple[str, str], CallbackReceiver | None] = {}
+_task_receivers: dict[tuple[str, str, str], CallbackReceiver | None] = {}
 
 
 async def _callback_receiver(credentials: ShortAPICredentials) -> CallbackReceiver | None:
     """The process's receiver for the credentials' ``callback_url``, said once per process in the run's log."""
     if not credentials.callback_url:
         return None
-    key = (credentials.callback_url, credentials.callback_listen)
+    key = (credentials.callback_url, credentials.callback_listen, credentials.callback_mode)
     if key in _task_receivers:
         return _task_receivers[key]
     # Started once per process (binding and a self-test): off the event loop.
@@ -61,7 +61,9 @@ async def _callback_receiver(credentials: ShortAPICredentials) -> CallbackReceiv
         _task_receivers[key] = receiver
         logger = get_run_logger()
         if receiver is None:
-            logger.warning("callbacks are off in this process (the listener could not start); polling only")
+            logger.warning("callbacks are off in this process (the listener or relay did not answer); polling only")
+        elif credentials.callback_mode == "relay":
+            logger.info("hearing the vendor's callbacks to %s on Prefect's event stream", receiver.public_url)
         else:
             logger.info("listening for the vendor's callbacks at %s", receiver.public_url)
     return receiver
