@@ -142,6 +142,10 @@ END_TO_END_MODULES = {
 }  # fmt: skip
 
 
+#: Modules of minutes, longest first.
+LONGEST_FIRST = {"test_first_run": 0, "test_topology": 1, "test_deployments": 2, "test_browser": 3, "test_cli": 4}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the end-to-end tests ``slow`` (a Prefect server, subprocesses, a browser), so that
     ``./dev test -m "not slow"`` runs the fast ones alone; ``./dev test`` runs everything."""
@@ -149,3 +153,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if module in END_TO_END_MODULES or "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    # The longest modules first (a stable sort: the rest keep their order), so that the two test processes
+    # (pytest-xdist hands out whole modules in this order) do not end with one of them alone on a long module.
+    items.sort(key=lambda item: LONGEST_FIRST.get(item.module.__name__.rsplit(".", 1)[-1] if item.module else "", 99))
