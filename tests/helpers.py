@@ -233,3 +233,13 @@ def serving(handle: Callable[[str, BaseHTTPRequestHandler], None]) -> Iterator[L
     """A fixture body: the server for the test, closed after it."""
     with LoopbackServer(handle) as server:
         yield server
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` (seconds) in any half-open window ``[t, t + window)``."""
+    ordered, most, start = sorted(times), 0, 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] >= window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

@@ -31,7 +31,7 @@ from kling_prefect.emulator import Emulator
 from kling_prefect.waiting import DEFAULT_QUERY_RATE_LIMIT, QueryCap, querycap, shared_burst
 
 from .conftest import TEST_KEY
-from .helpers import CLI
+from .helpers import CLI, max_in_window
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_shared_rate.py"
 
@@ -45,7 +45,6 @@ def _benchmark() -> ModuleType:
 
 
 bench = _benchmark()
-max_in_window = bench.max_in_window
 
 
 async def _delete_limit(name: str) -> None:

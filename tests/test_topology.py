@@ -55,6 +55,7 @@ from tests.deploy_helpers import (
     stop_worker,
     tail,
 )
+from tests.helpers import max_in_window
 from tests.postgres import PostgresServer, PostgresUnavailable, postgres_database
 
 TEST_KEY = "sk-test-topology"
@@ -135,16 +136,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def intervals_overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
     return a[0] < b[1] and b[0] < a[1]
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most of ``times`` in any half-open window ``[t, t + window)``."""
-    ordered, most, start = sorted(times), 0, 0
-    for end, at in enumerate(ordered):
-        while at - ordered[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def s3_client(endpoint: str) -> Any:

@@ -31,6 +31,7 @@ from kling_prefect.waiting import (
 )
 
 from .conftest import TEST_KEY
+from .helpers import max_in_window
 
 O3 = "kwaivgi/kling-o3/text-to-video"
 KIND = JobKind(O3, "std", 5)
@@ -711,15 +712,6 @@ def test_a_batch_in_a_new_process_learns_from_the_saved_history(tmp_path) -> Non
 # --------------------------------------------------------------------------------------------- query cap
 
 
-def _max_in_window(times: list[float], window: float = 1.0) -> int:
-    ordered, most, start = sorted(times), 0, 0
-    for end, at in enumerate(ordered):
-        while at - ordered[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
-
-
 def test_the_query_cap_holds_across_threads_and_event_loops() -> None:
     from kling_prefect.waiting import QueryCap
 
@@ -742,7 +734,7 @@ def test_the_query_cap_holds_across_threads_and_event_loops() -> None:
     for thread in threads:
         thread.join()
     assert len(granted) == 45
-    assert _max_in_window(granted) <= 20 + 1  # the burst of one, then 20 a second
+    assert max_in_window(granted, 1.0) <= 20 + 1  # the burst of one, then 20 a second
     assert time.monotonic() - began >= (45 - 1) / 20 * 0.95  # it did wait: 45 tokens at 20 a second
     assert cap.stats()["delayed"] >= 40
 
@@ -796,5 +788,5 @@ async def test_waits_of_many_jobs_keep_to_the_cap_at_the_vendor(emulator, fast_c
         jobs = await asyncio.gather(*(client.wait_for_job(c, timeout=60, durations=DurationModel()) for c in created))
     stats = emulator.stats()
     assert all(job.state == "succeeded" for job in jobs)
-    assert _max_in_window(stats.query_times) <= 40 + 1
+    assert max_in_window(stats.query_times, 1.0) <= 40 + 1
     assert stats.queries >= 30
