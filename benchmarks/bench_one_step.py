@@ -16,6 +16,7 @@ clip, processes that resumed the first one's job, failures, wall seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,26 +38,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit("redis-server did not start")
 
 
 def one_round(
@@ -130,22 +111,24 @@ def main() -> int:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    sys.path.insert(0, str(REPO))
+    from tests.deploy_helpers import redis_server
+
     folder = Path(tempfile.mkdtemp(prefix="bench-one-step-"))
-    redis = start_redis(folder) if args.redis else None
     rows = []
     try:
-        with prefect_test_harness(server_startup_timeout=120):
+        with contextlib.ExitStack() as stack:
+            redis_url = stack.enter_context(redis_server(folder)) if args.redis else None
+            stack.enter_context(prefect_test_harness(server_startup_timeout=120))
             api_url = str(PREFECT_API_URL.value())
             index = 0
             for processes in args.processes:
                 for delay in args.create_delay:
                     index += 1
-                    row = one_round(processes, delay, redis[1] if redis else None, api_url, folder, index)
+                    row = one_round(processes, delay, redis_url, api_url, folder, index)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     finally:
-        if redis:
-            redis[0].kill()
         shutil.rmtree(folder, ignore_errors=True)
     print()
     print(

@@ -8,13 +8,15 @@ Starts ``prefect server start`` (its own SQLite home), the bundled emulator in t
 poll policy (callbacks trusted: a fallback query every 60 s). ``--kill-relay-after S`` terminates the relay S
 seconds after the jobs were created: the rest are found by polling.
 
-Prints one row: queries per job, the delay from a job's end to the first query that saw it (p50/p95), jobs
-that succeeded, and the relay's peak RSS.
+Each worker then downloads its clips (``clips-<n>/`` in the benchmark's folder). Prints one row: queries per
+job, the delay from a job's end to the first query that saw it (p50/p95), jobs that succeeded and were
+stored, and the relay's peak RSS.
 
 Examples:
     ```bash
     ./dev python benchmarks/bench_relay.py                          # 2 workers, 40 jobs of 20 s +- 30%
     ./dev python benchmarks/bench_relay.py --kill-relay-after 10    # the relay dies halfway
+    ./dev python benchmarks/bench_relay.py --jobs 200               # 200 jobs through one relay
     ```
 """
 
@@ -45,7 +47,11 @@ from kling_prefect.callback_stream import StreamCallbacks, wait_until_live
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.models import KlingO3TextToVideo
 
-async def main(count, start_at):
+async def store(client, job, folder):
+    path = await client.download(job.video_url, f"{folder}/{job.job_id}.mp4", job_id=job.job_id)
+    return path.stat().st_size > 0
+
+async def main(count, start_at, folder):
     credentials = ShortAPICredentials.from_env()
     callbacks = credentials.callback_receiver()
     assert isinstance(callbacks, StreamCallbacks), callbacks
@@ -55,10 +61,13 @@ async def main(count, start_at):
     async with credentials.get_client() as client:
         created = await asyncio.gather(*(client.create_job(request) for _ in range(count)))
         jobs = await asyncio.gather(*(client.wait_for_job(c, timeout=600) for c in created), return_exceptions=True)
-    done = [job.job_id for job in jobs if not isinstance(job, BaseException)]
-    print("BENCH-RESULT " + json.dumps({"jobs": done, "stats": callbacks.stats()}), flush=True)
+        done = [job for job in jobs if not isinstance(job, BaseException)]
+        stored = await asyncio.gather(*(store(client, job, folder) for job in done), return_exceptions=True)
+    result = {"jobs": [job.job_id for job in done], "stored": sum(s is True for s in stored)}
+    result["stats"] = callbacks.stats()
+    print("BENCH-RESULT " + json.dumps(result), flush=True)
 
-asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))
 """
 
 
@@ -116,9 +125,11 @@ def main() -> None:
         }
         start_at = time.time() + 20  # the workers import Prefect and subscribe first
         shares = [args.jobs // args.workers + (i < args.jobs % args.workers) for i in range(args.workers)]
+        for i in range(args.workers):
+            (workdir / f"clips-{i}").mkdir()
         workers = [
             subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(share), str(start_at)],
+                [sys.executable, "-c", WORKER, str(share), str(start_at), str(workdir / f"clips-{i}")],
                 env=worker_env,
                 stdout=subprocess.PIPE,
                 stderr=open(workdir / f"worker-{i}.log", "wb"),
@@ -151,6 +162,7 @@ def main() -> None:
         "detect_p50_s": round(percentile(delays, 0.5), 2),
         "detect_p95_s": round(percentile(delays, 0.95), 2),
         "succeeded": succeeded,
+        "stored": sum(report.get("stored", 0) for report in reports),
         "callbacks_sent": stats.callbacks_sent,
         "callbacks_failed": stats.callbacks_failed,
         "relay_peak_rss_mb": round(relay_rss, 1),

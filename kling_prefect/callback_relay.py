@@ -13,6 +13,9 @@ role ``claimed-job``), never used to wake anything. What a request can do is bou
 - only ``POST`` (or ``PUT``) to a last path segment of the token's shape (22 URL-safe characters) publishes;
 - a body over :data:`MAX_BODY` bytes is refused (413) unread, a content type other than JSON (or none) with
   415, a JSON body that does not parse with 400: nothing published;
+- past ``max_per_second`` callbacks a second (a burst of twice that) the rest are answered 429 with
+  ``Retry-After``, unread and unpublished: a flood cannot swamp the Prefect API or the workers' streams, and a
+  job whose callback was refused is found by its wait's polls;
 - the relay keeps nothing: no state but counters, the body is never a result.
 
 ``GET <anything>/kling-callback-probe`` answers ``{"kling_callback_relay": 1}`` (a worker's check that its
@@ -48,6 +51,7 @@ __all__ = [
     "CALLBACK_RECEIVED",
     "HEARTBEAT_SECONDS",
     "MAX_BODY",
+    "MAX_CALLBACKS_PER_SECOND",
     "PROBE_PATH",
     "TOKEN_PATTERN",
     "CallbackRelay",
@@ -68,6 +72,8 @@ TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 #: Seconds between the relay's heartbeats (workers take ~3 missed beats for a dead relay or stream).
 HEARTBEAT_SECONDS = 3.0
+#: Callbacks accepted a second by default (a burst of twice as many): far above what a pool's jobs end at.
+MAX_CALLBACKS_PER_SECOND = 200.0
 
 logger = logging.getLogger("kling_prefect.callback_relay")
 
@@ -92,6 +98,7 @@ class CallbackRelay:
         publish: ``publish(event, resource, related, payload)``; default: Prefect's ``emit_event`` (through the
             configured ``PREFECT_API_URL``). Tests pass a list's ``append``-like function.
         heartbeat_seconds: seconds between heartbeat events while serving (0: none).
+        max_per_second: callbacks accepted a second (a burst of twice as many); the rest are answered 429.
 
     Examples:
         ```python
@@ -102,11 +109,23 @@ class CallbackRelay:
         ```
     """
 
-    def __init__(self, publish: Publish | None = None, *, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self,
+        publish: Publish | None = None,
+        *,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+        max_per_second: float = MAX_CALLBACKS_PER_SECOND,
+    ) -> None:
+        if max_per_second <= 0:
+            raise ValueError(f"max_per_second: must be above 0, got {max_per_second:g}")
         self.publish = publish if publish is not None else _emit
         self.heartbeat_seconds = heartbeat_seconds
+        self.max_per_second = max_per_second
+        self._allowance = 2 * max_per_second  # the bucket: full at start
+        self._refilled = time.monotonic()
+        self._flood_logged = 0.0
         self.instance = uuid.uuid4().hex[:12]
-        self.counts: dict[str, int] = {"published": 0, "refused": 0, "probes": 0}
+        self.counts: dict[str, int] = {"published": 0, "refused": 0, "probes": 0, "flooded": 0}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -143,14 +162,15 @@ class CallbackRelay:
             return
         started = time.monotonic()
         status, body, note = await self._handle(scope, receive)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 429:
+            headers.append((b"retry-after", b"1"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        if status == 429:
+            if not self._flood_line_due():
+                return  # a flood gets one line a second, not one a request
+            note = f"{note} ({self.counts['flooded']} refused so far)"
         # One line a request; the token is cut to its first characters (it is what lets a callback wake a wait).
         logger.info(
             "%s %s %d %s %.1f ms",
@@ -187,6 +207,9 @@ class CallbackRelay:
             return self._refuse(405, "method not allowed")
         if not TOKEN_PATTERN.match(last):
             return self._refuse(404, "unknown callback")
+        if not self._take():
+            self._count("flooded")
+            return self._refuse(429, "too many callbacks")  # refused unread
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
         length_text = headers.get("content-length")
         if length_text is not None and (not length_text.isdigit() or int(length_text) > MAX_BODY):
@@ -219,6 +242,26 @@ class CallbackRelay:
     def _refuse(self, status: int, why: str) -> tuple[int, bytes, str]:
         self._count("refused")
         return status, json.dumps({"code": status, "message": why}).encode(), why
+
+    def _take(self) -> bool:
+        """One callback from the bucket (refilled at ``max_per_second``, holding twice that), if there is one."""
+        with self._lock:
+            now = time.monotonic()
+            capacity = 2 * self.max_per_second
+            self._allowance = min(capacity, self._allowance + (now - self._refilled) * self.max_per_second)
+            self._refilled = now
+            if self._allowance < 1:
+                return False
+            self._allowance -= 1
+            return True
+
+    def _flood_line_due(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._flood_logged < 1.0:
+                return False
+            self._flood_logged = now
+            return True
 
     def _count(self, name: str) -> None:
         with self._lock:
@@ -254,7 +297,12 @@ def _redacted(path: str) -> str:
     return f"{head}/{last[:4]}..." if TOKEN_PATTERN.match(last) else path[:200]
 
 
-def relay_app(publish: Publish | None = None, *, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> CallbackRelay:
+def relay_app(
+    publish: Publish | None = None,
+    *,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    max_per_second: float = MAX_CALLBACKS_PER_SECOND,
+) -> CallbackRelay:
     """A :class:`CallbackRelay` to mount in an ASGI application or serve with any ASGI server.
 
     Examples:
@@ -266,15 +314,21 @@ def relay_app(publish: Publish | None = None, *, heartbeat_seconds: float = HEAR
         app = Starlette(routes=[Mount("/hooks/kling", app=relay_app())])
         ```
     """
-    return CallbackRelay(publish, heartbeat_seconds=heartbeat_seconds)
+    return CallbackRelay(publish, heartbeat_seconds=heartbeat_seconds, max_per_second=max_per_second)
 
 
-def serve(host: str, port: int, *, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> None:
+def serve(
+    host: str,
+    port: int,
+    *,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    max_per_second: float = MAX_CALLBACKS_PER_SECOND,
+) -> None:
     """Serve a relay on ``host:port`` until interrupted (uvicorn; events through ``PREFECT_API_URL``)."""
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    relay = CallbackRelay(heartbeat_seconds=heartbeat_seconds)
+    relay = CallbackRelay(heartbeat_seconds=heartbeat_seconds, max_per_second=max_per_second)
     logger.info("relaying callbacks from %s:%d to Prefect's event stream", host, port)
     try:
         uvicorn.run(relay, host=host, port=port, log_level="warning", access_log=False, lifespan="on")

@@ -91,7 +91,8 @@ class StreamCallbacks(CallbackReceiver):
             raise ValueError("callback_url: a relay's URL has no {port} (that is for a listener of this process)")
         super().__init__(public_url, "127.0.0.1:0", self_test=probe)
         self.stale_after = stale_after
-        self._quiet_limit = stale_after  # stale_after, or 3 beats of a relay that says it beats slower
+        # stale_after, or 3 beats of a relay that says it beats slower; None: quiet is normal (no heartbeats)
+        self._quiet_limit: float | None = stale_after
         self._subscriber = subscriber
         self._live = False
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -105,11 +106,16 @@ class StreamCallbacks(CallbackReceiver):
 
     def __repr__(self) -> str:
         state = "live" if self.trusted else ("subscribing" if self._started else "stopped")
-        return f"StreamCallbacks({self.public_url!r}, {state})"
+        return f"{type(self).__name__}({self.shown_url!r}, {state})"
 
     @property
     def public_url(self) -> str:
         return self._public_template
+
+    @property
+    def shown_url(self) -> str:
+        """``public_url`` as logs show it."""
+        return self.public_url
 
     @property
     def trusted(self) -> bool:
@@ -191,6 +197,7 @@ class StreamCallbacks(CallbackReceiver):
         async with self._open_subscriber() as subscriber:
             self.subscriptions += 1
             events = subscriber.__aiter__()
+            self._subscribed()
             while not self._stopping.is_set():
                 try:
                     event = await asyncio.wait_for(events.__anext__(), timeout=self._quiet_limit)
@@ -198,7 +205,7 @@ class StreamCallbacks(CallbackReceiver):
                     self._set_live(False, "the event stream closed")
                     return heard
                 except TimeoutError:
-                    self._set_live(False, f"no event from the relay in {self._quiet_limit:g} s")
+                    self._set_live(False, f"no event from the relay in {self._quiet_limit or 0:g} s")
                     return heard  # a quiet socket may be a dead one: subscribe again
                 heard = True
                 self._heard(event)
@@ -210,7 +217,7 @@ class StreamCallbacks(CallbackReceiver):
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter
 
-        names = [CALLBACK_RECEIVED, CALLBACK_HEARTBEAT]
+        names = self._event_names()
         # Few reconnections inside Prefect's client: a quiet or failed stream is this class's to handle.
         return get_events_subscriber(filter=EventFilter(event=EventNameFilter(name=names)), reconnection_attempts=2)
 
@@ -230,13 +237,27 @@ class StreamCallbacks(CallbackReceiver):
         # Only a recent event says the stream and the relay are alive now; a replayed one from a relay that has
         # since died does not (the relay's clock dates it: a skew of seconds against stale_after is harmless).
         age = (datetime.now(UTC) - event.occurred).total_seconds()
-        if age < self._quiet_limit:
+        if self._quiet_limit is not None and age < self._quiet_limit:
             self._set_live(True, None)
         if event.event != CALLBACK_RECEIVED:
             return
+        key = self._key_of_event(event)
+        if key is not None:
+            self._ring(key)
+
+    # -- what a subclass may change (see kling_prefect.callback_webhook)
+
+    def _event_names(self) -> list[str]:
+        """The events the subscription is filtered to."""
+        return [CALLBACK_RECEIVED, CALLBACK_HEARTBEAT]
+
+    def _subscribed(self) -> None:
+        """A subscription was opened (a relay's stream is live only once an event is heard)."""
+
+    def _key_of_event(self, event: Any) -> str | None:
+        """The key (here: the token) a ``kling.callback.received`` event rings, ``None`` for none of ours."""
         token = event.resource.get("kling.callback.token")
-        if isinstance(token, str) and TOKEN_PATTERN.match(token):
-            self._ring(token)
+        return token if isinstance(token, str) and TOKEN_PATTERN.match(token) else None
 
     def _set_live(self, live: bool, why: str | None) -> None:
         with self._lock:
@@ -245,9 +266,9 @@ class StreamCallbacks(CallbackReceiver):
             self._live = live
             doorbells = [d for s in self._tokens.values() for d in (s.doorbells or ())]
         if live:
-            logger.info("hearing callbacks from %s on Prefect's event stream", self.public_url)
+            logger.info("hearing callbacks from %s on Prefect's event stream", self.shown_url)
         else:
-            logger.warning("callbacks from %s not heard (%s); waits poll on the full schedule", self.public_url, why)
+            logger.warning("callbacks from %s not heard (%s); waits poll on the full schedule", self.shown_url, why)
         for doorbell in doorbells:
             doorbell.notify()  # re-plan: whether the fallback schedule applies has changed
 

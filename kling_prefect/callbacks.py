@@ -204,13 +204,18 @@ class CallbackReceiver:
         token = url[len(self.public_url) + 1 :]
         return token if token and "/" not in token else None
 
+    def key_of(self, url: str | None, job_id: str | None = None) -> str | None:
+        """What a callback for this job is known by here: the token of ``url`` (``None``: not this receiver's)."""
+        return self.token_of(url)
+
     @contextlib.contextmanager
-    def subscribe(self, url: str | None, doorbell: Doorbell) -> Iterator[bool]:
+    def subscribe(self, url: str | None, doorbell: Doorbell, job_id: str | None = None) -> Iterator[bool]:
         """Ring ``doorbell`` with a hint when the callback of ``url`` arrives (at once if it already has).
 
         Yields whether ``url`` is one of this receiver's (a resumed job's URL from another process is adopted).
+        ``job_id``: the job's, for receivers that know a callback by its job (one URL for every job).
         """
-        token = self.token_of(url)
+        token = self.key_of(url, job_id)
         if token is None:
             yield False
             return
@@ -230,9 +235,9 @@ class CallbackReceiver:
                 if current is not None and current.doorbells:
                     current.doorbells.discard(doorbell)
 
-    def job_ended(self, url: str | None) -> None:
+    def job_ended(self, url: str | None, job_id: str | None = None) -> None:
         """Count whether the job of ``url`` had its callback by the time a query saw it end; forget its token."""
-        token = self.token_of(url)
+        token = self.key_of(url, job_id)
         if token is None:
             return
         with self._lock:
@@ -330,20 +335,21 @@ def _handler_for(receiver: CallbackReceiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-#: What hears a job's callback: ``listen`` (this process listens on ``callback_listen``) or ``relay`` (a relay
+#: What hears a job's callback: ``listen`` (this process listens on ``callback_listen``), ``relay`` (a relay
 #: serves ``callback_url`` and this process hears it on Prefect's event stream, see
-#: :mod:`kling_prefect.callback_stream`).
-CALLBACK_MODES = ("listen", "relay")
+#: :mod:`kling_prefect.callback_stream`) or ``webhook`` (``callback_url`` is a Prefect Cloud webhook, heard on
+#: the event stream too, see :mod:`kling_prefect.callback_webhook`).
+CALLBACK_MODES = ("listen", "relay", "webhook")
 
 _receivers: dict[tuple[str, str, str], CallbackReceiver | None] = {}
 _receivers_lock = threading.Lock()
 
 
 def check_mode(value: str) -> str:
-    """``listen`` or ``relay`` (stripped, lower case); ``ValueError`` otherwise."""
+    """``listen``, ``relay`` or ``webhook`` (stripped, lower case); ``ValueError`` otherwise."""
     mode = value.strip().lower()
     if mode not in CALLBACK_MODES:
-        raise ValueError(f"callback_mode: must be listen or relay, got {value[:20]!r}")
+        raise ValueError(f"callback_mode: must be listen, relay or webhook, got {value[:20]!r}")
     return mode
 
 
@@ -366,6 +372,10 @@ def callback_receiver(public_url: str, listen: str = "127.0.0.1:0", mode: str = 
                 from kling_prefect.callback_stream import StreamCallbacks
 
                 receiver = StreamCallbacks(key[0]).start()
+            elif key[2] == "webhook":
+                from kling_prefect.callback_webhook import WebhookCallbacks
+
+                receiver = WebhookCallbacks(key[0]).start()
             else:
                 receiver = CallbackReceiver(key[0], key[1]).start()
         except (OSError, RuntimeError, ValueError) as exc:

@@ -25,7 +25,7 @@ Examples:
     | ``SHORTAPI_MAX_RETRY_AFTER`` | ``max_retry_after`` | 300 s |
     | ``SHORTAPI_CALLBACK_URL`` | ``callback_url`` | none (poll only) |
     | ``SHORTAPI_CALLBACK_LISTEN`` | ``callback_listen`` | ``127.0.0.1:0`` |
-    | ``SHORTAPI_CALLBACK_MODE`` | ``callback_mode`` | ``listen`` (``relay``: a relay serves the URL) |
+    | ``SHORTAPI_CALLBACK_MODE`` | ``callback_mode`` | ``listen`` (or ``relay``, ``webhook``) |
     | ``SHORTAPI_MAX_QUERIES_PER_SECOND`` | ``max_queries_per_second`` | 10 (0: no cap) |
     | ``SHORTAPI_LEASE_URL`` | ``lease_url`` | none (file leases on this machine) |
     | ``SHORTAPI_LEASE_SECONDS`` | ``lease_seconds`` | 10 s |
@@ -114,9 +114,10 @@ class ShortAPICredentials(CredentialsBlock):
         callback_url: where the vendor can reach this process's callback listener (``{port}``: the port
             bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
-        callback_mode: ``listen`` (this process listens for the callbacks itself) or ``relay`` (``callback_url``
+        callback_mode: ``listen`` (this process listens for the callbacks itself), ``relay`` (``callback_url``
             is a relay's, ``kling-prefect callbacks serve``: this process hears the callbacks on Prefect's event
-            stream and listens on no port). See :mod:`kling_prefect.callback_stream`.
+            stream and listens on no port; see :mod:`kling_prefect.callback_stream`) or ``webhook``
+            (``callback_url`` is a Prefect Cloud webhook's; see :mod:`kling_prefect.callback_webhook`).
         max_queries_per_second: the cap on job queries per second shared by every wait in a process (0: none).
         lease_url: a Redis URL (``redis://:password@host:6379/0``) holding the step leases, for workers on several
             machines sharing one result storage; unset, leases are files on this machine. A ``SecretStr`` like the
@@ -161,7 +162,8 @@ class ShortAPICredentials(CredentialsBlock):
     callback_mode: str = Field(
         default="listen",
         description="listen: this process listens for callbacks; relay: a relay serves callback_url and this "
-        "process hears the callbacks on Prefect's event stream.",
+        "process hears the callbacks on Prefect's event stream; webhook: callback_url is a Prefect Cloud "
+        "webhook's, heard on the event stream too.",
     )
     max_queries_per_second: float = Field(
         default=DEFAULT_QUERIES_PER_SECOND,

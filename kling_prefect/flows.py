@@ -84,8 +84,9 @@ from kling_prefect.planning import (
 )
 from kling_prefect.records import StoredVideo
 from kling_prefect.runs import ClipRecord, RunIncomplete, RunResult, record_for
-from kling_prefect.storage import StorageSpec, StoredObject, claim_key, safe_name
+from kling_prefect.storage import StorageSpec, StoredObject, VideoStore, claim_key, safe_name
 from kling_prefect.tasks import ClipOptions, generate_video, load_credentials
+from kling_prefect.tasks.store import destination_lease
 
 __all__ = ["RunIncomplete", "RunResult", "batch", "continuation", "storyboard", "text_to_video"]
 
@@ -219,12 +220,26 @@ async def publish_images(
 
 @task(name="join-clips", task_run_name="join-{name}", cache_policy=NO_CACHE)
 async def join_and_store(
-    clips: list[StoredVideo], storage: StorageSpec, run_key: str, name: str = "final.mp4"
+    clips: list[StoredVideo],
+    storage: StorageSpec,
+    run_key: str,
+    name: str = "final.mp4",
+    credentials_block: str | None = None,
 ) -> StoredObject:
     """Join clips into one MP4 (stream copy when the clips allow it) and store it. Joining the same clips again
-    rewrites nothing; another join never replaces this one (see :func:`~kling_prefect.storage.claim_key`)."""
-    logger = get_run_logger()
+    rewrites nothing; another join never replaces this one (see :func:`~kling_prefect.storage.claim_key`), and
+    two joins storing at ``name`` at once take turns under its lease (the credentials' ``lease_url``), as
+    clips do (:func:`~kling_prefect.tasks.store.destination_lease`)."""
     store = await storage.open(run_key)
+    credentials = await load_credentials(credentials_block)
+    async with destination_lease(store, name, credentials):
+        return await _join_and_store(clips, storage, store, run_key, name)
+
+
+async def _join_and_store(
+    clips: list[StoredVideo], storage: StorageSpec, store: VideoStore, run_key: str, name: str
+) -> StoredObject:
+    logger = get_run_logger()
     owner = "join-" + hashlib.sha256("|".join(c.job_id for c in clips).encode()).hexdigest()[:16]
     key, record = await claim_key(store, name, owner)
     if record is not None:
@@ -462,7 +477,9 @@ async def continuation(
             result.clips.append(await generate_video.aio(request, run_key=run.run_key, step=step, **run.options))
             result.records.append(record_for(step, request, result.clips[-1]))
         if len(result.clips) > 1:
-            result.final = await join_and_store(result.clips, run.storage, run.run_key)
+            result.final = await join_and_store(
+                result.clips, run.storage, run.run_key, credentials_block=run.options["credentials_block"]
+            )
         else:
             result.final = result.clips[0].video
     except ShortAPIError as exc:
@@ -570,7 +587,9 @@ async def storyboard(
     if result.failed:  # the stored clips stay: a re-run with the same run key resumes them and makes only the rest
         await _finish("storyboard", "Kling storyboard", result, run)
         return Failed(message=result.describe(), data=RunIncomplete(result))
-    result.final = await join_and_store(result.clips, run.storage, run.run_key)
+    result.final = await join_and_store(
+        result.clips, run.storage, run.run_key, credentials_block=run.options["credentials_block"]
+    )
     extra: list[str] = []
     if result.final.local_path:
         starts = list(itertools.accumulate((c.duration_seconds for c in result.clips[:-1]), initial=0.0))

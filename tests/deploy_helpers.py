@@ -227,8 +227,10 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None
 
 
 @contextmanager
-def redis_server(folder: Path, timeout: float = 20.0) -> Iterator[str]:
+def redis_server(folder: Path, timeout: float = 20.0, *, password: str | None = None) -> Iterator[str]:
     """A real ``redis-server`` on a free loopback port, no persistence; yields its ``redis://`` URL.
+
+    ``password``: the server requires it (``--requirepass``) and the URL carries it.
 
     Raises:
         FileNotFoundError: redis-server is not installed (Debian: ``apt-get install redis-server``).
@@ -240,9 +242,9 @@ def redis_server(folder: Path, timeout: float = 20.0) -> Iterator[str]:
 
     port = free_port()
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--dir", str(folder)]
+    args += ["--dir", str(folder)] + (["--requirepass", password] if password else [])
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port)
+    client = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -253,7 +255,7 @@ def redis_server(folder: Path, timeout: float = 20.0) -> Iterator[str]:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
             time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
         process.terminate()

@@ -123,6 +123,26 @@ async def test_a_body_without_a_length_is_cut_at_the_limit(relay) -> None:
     assert answer.status_code == 413 and published == []
 
 
+async def test_a_flood_is_answered_429_and_publishes_nothing_past_the_rate(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="kling_prefect.callback_relay")
+    published = Published()
+    app = CallbackRelay(published, heartbeat_seconds=0, max_per_second=5)  # a burst of 10, then 5 a second
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://relay") as client:
+        answers = [await client.post(f"/hooks/kling/{token()}", json={"job_id": "j"}) for _ in range(30)]
+        statuses = [answer.status_code for answer in answers]
+        assert statuses.count(200) in (10, 11) and statuses[:10] == [200] * 10  # 11: a refill during the burst
+        assert statuses[-1] == 429 and answers[-1].headers["retry-after"] == "1"
+        assert len(published) == statuses.count(200) and app.counts["flooded"] == statuses.count(429)
+        await asyncio.sleep(0.45)  # two callbacks' worth refilled
+        assert (await client.post(f"/hooks/kling/{token()}")).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200  # probes and health are not rationed
+    # One log line a second for a flood, not one a refused request.
+    flood_lines = [r.getMessage() for r in caplog.records if "too many callbacks" in r.getMessage()]
+    assert len(flood_lines) == 1 and "refused so far" in flood_lines[0]
+    with pytest.raises(ValueError, match="max_per_second"):
+        CallbackRelay(published, max_per_second=0)
+
+
 async def test_other_methods_are_refused(relay) -> None:
     _, published, client = relay
     assert (await client.delete(f"/hooks/kling/{token()}")).status_code == 405
@@ -292,6 +312,8 @@ def test_the_serve_command_checks_its_input(capsys) -> None:
     assert "--listen: expected host:port" in capsys.readouterr().err
     assert main(["callbacks", "serve", "--heartbeat", "-1"]) == EXIT_USAGE
     assert "--heartbeat" in capsys.readouterr().err
+    assert main(["callbacks", "serve", "--max-per-second", "0"]) == EXIT_USAGE
+    assert "--max-per-second: must be from 1 to 100000" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------- real processes

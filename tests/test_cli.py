@@ -213,6 +213,25 @@ def test_batch_from_jsonl(prefect_env, emulator, tmp_path) -> None:
     assert audio.has_audio and round(audio.duration_seconds) == 5
 
 
+def test_batches_named_by_content_share_items_across_overlapping_files(prefect_env, emulator, tmp_path) -> None:
+    """Two runs under one run key over overlapping files: the item they share is made and paid for once."""
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"prompt": "A fox in the snow", "duration": 3}\n{"prompt": "A city at night", "duration": 3}\n')
+    second.write_text('{"prompt": "A city at night", "duration": 3}\n{"prompt": "A kite at dawn", "duration": 3}\n')
+    options = ["--out", str(tmp_path / "out"), "--poll-interval", "0.05", "--json", "--run-key", "overlap-1"]
+    results = []
+    for path in (first, second):
+        done = run_cli("batch", str(path), "--item-names", "content", *options, env=prefect_env)
+        assert done.returncode == 0, done.stderr
+        results.append(json.loads(done.stdout))
+    assert emulator.stats().creates == 3  # 4 items, one of them in both files
+    shared = {c["step"] for c in results[0]["clips"]} & {c["step"] for c in results[1]["clips"]}
+    assert len(shared) == 1 and next(iter(shared)).startswith("item-")
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 3
+    bad = run_cli("batch", str(first), "--item-names", "prompt", env=prefect_env)
+    assert bad.returncode == 2 and "--item-names" in bad.stderr
+
+
 def test_a_batch_with_a_failed_job_exits_1_and_its_flow_run_is_failed_in_prefect(
     prefect_env, emulator, tmp_path
 ) -> None:

@@ -11,8 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -38,7 +36,8 @@ from kling_prefect.client import RetryPolicy
 from kling_prefect.emulator import Emulator
 from kling_prefect.flows import batch
 
-from .helpers import LoopbackServer, answer, read_body, wait_until
+from .deploy_helpers import redis_server
+from .helpers import LoopbackServer, answer, read_body
 
 CANARY = f"sk-canary-{secrets.token_hex(12)}"
 LEASE_CANARY = f"lease-canary-{secrets.token_hex(12)}"
@@ -57,37 +56,11 @@ def canary_emulator() -> Iterator[Emulator]:
 def canary_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
     """A real redis-server whose password is the lease canary; yields its URL (password inside), or ``None``
     when redis-server is not installed (the key's checks still run; the lease URL's are then not exercised)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+    if shutil.which("redis-server") is None:
         yield None
         return
-    import redis
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    folder = tmp_path_factory.mktemp("redis")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(
-        [*command, "--dir", str(folder), "--requirepass", LEASE_CANARY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port, password=LEASE_CANARY)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    try:
-        wait_until(answers, timeout=20)
-        yield f"redis://:{LEASE_CANARY}@127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=10)
+    with redis_server(tmp_path_factory.mktemp("redis"), password=LEASE_CANARY) as url:
+        yield url
 
 
 def leases_taken(url: str) -> int:

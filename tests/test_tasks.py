@@ -261,3 +261,37 @@ def test_the_three_tasks_run_from_a_sync_flow_and_submit_works_too(vendor_env, t
     job_id, again_id, path = pieces("rk-sync-pieces")
     assert job_id == again_id and emu.stats().create_requests == before + 1
     assert media.is_decodable_mp4(Path(path))
+
+
+@flow
+async def two_joins_at_once(out: str) -> list[str]:
+    """A user's flow joining the same clips twice at once (two retries racing, a copy-pasted call)."""
+    from kling_prefect.flows import join_and_store
+
+    storage = StorageSpec(directory=out)
+    heron = KlingO3TextToVideo(prompt="A heron takes off", duration=3, mode="std")
+    clips = [
+        await generate_video(REQUEST, run_key="joins-1", step="a", storage=storage, **FAST),
+        await generate_video(heron, run_key="joins-1", step="b", storage=storage, **FAST),
+    ]
+    finals = await asyncio.gather(*(join_and_store(clips, storage, "joins-1") for _ in range(2)))
+    return [final.uri for final in finals]
+
+
+async def test_two_joins_at_once_take_turns_and_write_the_final_video_once(emulator, tmp_path) -> None:
+    import logging
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("prefect.task_runs")
+    logger.addHandler(handler)
+    try:
+        uris = await two_joins_at_once(str(tmp_path))
+    finally:
+        logger.removeHandler(handler)
+    assert uris[0] == uris[1] and uris[0].endswith("final.mp4")
+    # Under the store lease the second join waits, then finds the first one's video: it joins nothing.
+    assert sum("joined 2 clips into" in line for line in lines) == 1
+    assert sum("joined already" in line for line in lines) == 1
+    assert emulator.stats().creates == 2

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kling_prefect.callback_relay import HEARTBEAT_SECONDS
+from kling_prefect.callback_relay import HEARTBEAT_SECONDS, MAX_CALLBACKS_PER_SECOND
 from kling_prefect.cli.errors import EXIT_USAGE, Context, Failure, debug_enabled, explain
 from kling_prefect.cli.plans import Plan, PlannedClip, chain_plan, flag_namer, image_to_video_plan, is_image_to_video
 from kling_prefect.cli.registry import add_output_options, command, queries_per_second, whole_number
@@ -120,6 +120,14 @@ def _batch_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"jobs in flight at once, 1-{MAX_CONCURRENCY}. Default: 4",
     )
+    parser.add_argument(
+        "--item-names",
+        choices=["position", "content"],
+        default="position",
+        help="position: each item is a step named by its line (item-0001, ...); content: named by what it "
+        "makes, so runs given one --run-key over overlapping files make and pay for an item once. "
+        "Default: position",
+    )
 
 
 @command(
@@ -135,7 +143,7 @@ def batch(args: argparse.Namespace) -> int:
 
     context = Context(rename=flag_namer())
     try:
-        items = load_batch_items(file=args.file, default_model=args.model)
+        items = load_batch_items(file=args.file, default_model=args.model, names=args.item_names)
     except Exception as exc:
         raise _usage(exc, context) from None
     plan = Plan(
@@ -150,6 +158,7 @@ def batch(args: argparse.Namespace) -> int:
             file=path,
             model=args.model,
             max_concurrency=args.max_concurrency,
+            item_names=args.item_names,
             **run,
             return_state=True,
         ),
@@ -327,7 +336,7 @@ def estimate(args: argparse.Namespace) -> int:
             context = Context(rename=storyboard_namer)
             plan = storyboard_plan(args)[0]
         elif args.file:
-            items = load_batch_items(file=args.file, default_model=args.model)
+            items = load_batch_items(file=args.file, default_model=args.model, names=args.item_names)
             plan = Plan(clips=tuple(PlannedClip(i.step, _prompt(i.request), i.request) for i in items))
         elif is_image_to_video(args.model):
             plan = image_to_video_plan(args)
@@ -549,7 +558,12 @@ def setup(args: argparse.Namespace) -> int:
 
 
 def _callbacks_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["serve"], help="serve: run the callback relay until interrupted")
+    parser.add_argument(
+        "action",
+        choices=["serve", "webhook-template"],
+        help="serve: run the callback relay until interrupted; webhook-template: print the Prefect Cloud webhook "
+        "template that turns the vendor's callbacks into the same events (no relay to run)",
+    )
     parser.add_argument(
         "--listen",
         default="127.0.0.1:8788",
@@ -563,14 +577,25 @@ def _callbacks_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"seconds between the heartbeats workers listen for, 0-3600 (0: none). Default: {HEARTBEAT_SECONDS:g}",
     )
+    parser.add_argument(
+        "--max-per-second",
+        type=float,
+        default=MAX_CALLBACKS_PER_SECOND,
+        metavar="N",
+        help="callbacks accepted per second, 1-100000 (more are answered 429, nothing published; the waits' "
+        f"polls find those jobs). Default: {MAX_CALLBACKS_PER_SECOND:g}",
+    )
 
 
 @command(
     "callbacks",
-    help="serve the callback relay: the vendor's callbacks become Prefect events every worker hears",
+    help="serve the callback relay (or print a Prefect Cloud webhook template): the vendor's callbacks become "
+    "Prefect events every worker hears",
     arguments=_callbacks_arguments,
     epilog="Workers: SHORTAPI_CALLBACK_URL=<the relay's public URL> SHORTAPI_CALLBACK_MODE=relay, and the same "
-    "PREFECT_API_URL as the relay.",
+    "PREFECT_API_URL as the relay. With a Prefect Cloud webhook instead: prefect cloud webhook create "
+    'kling-callbacks --template "$(kling-prefect callbacks webhook-template)", then SHORTAPI_CALLBACK_URL=<the '
+    "webhook's URL> SHORTAPI_CALLBACK_MODE=webhook.",
 )
 def callbacks(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
@@ -578,16 +603,26 @@ def callbacks(args: argparse.Namespace) -> int:
     from kling_prefect.callback_relay import serve
     from kling_prefect.callbacks import parse_listen
 
+    if args.action == "webhook-template":
+        from kling_prefect.callback_webhook import WEBHOOK_TEMPLATE
+
+        print(WEBHOOK_TEMPLATE, end="")
+        return 0
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
         raise Failure(f"--listen: {str(exc).split(': ', 1)[-1]}", code=EXIT_USAGE) from None
     if not 0 <= args.heartbeat <= 3600:
         raise Failure(f"--heartbeat: must be from 0 to 3600 seconds, got {args.heartbeat:g}", code=EXIT_USAGE)
+    if not 1 <= args.max_per_second <= 100_000:
+        raise Failure(
+            f"--max-per-second: must be from 1 to 100000 callbacks a second, got {args.max_per_second:g}",
+            code=EXIT_USAGE,
+        )
     if not PREFECT_API_URL.value():
         # A relay on a temporary server would publish where no worker listens.
         raise Failure(
             "PREFECT_API_URL is not set: the relay publishes to the Prefect API the workers use", code=EXIT_USAGE
         )
-    serve(host, port, heartbeat_seconds=args.heartbeat)
+    serve(host, port, heartbeat_seconds=args.heartbeat, max_per_second=args.max_per_second)
     return 0

@@ -355,7 +355,7 @@ class ShortAPIClient:
         doorbell = Doorbell()
         callbacks = self.callbacks
         with contextlib.ExitStack() as stack:
-            if callbacks is not None and not stack.enter_context(callbacks.subscribe(callback_url, doorbell)):
+            if callbacks is not None and not stack.enter_context(callbacks.subscribe(callback_url, doorbell, job_id)):
                 callbacks = None  # not one of our receiver's URLs: nothing will ring
             stack.enter_context(durations.watch(kind, doorbell))
             receiver = callbacks
@@ -379,10 +379,10 @@ class ShortAPIClient:
                 )
             except (JobFailed, UnknownJobStatus):
                 if receiver is not None:  # ended too: its callback counts (and its token goes)
-                    receiver.job_ended(callback_url)
+                    receiver.job_ended(callback_url, job_id)
                 raise
             if receiver is not None:
-                receiver.job_ended(callback_url)
+                receiver.job_ended(callback_url, job_id)
             return result
 
     # -- download
