@@ -256,8 +256,10 @@ def summary_markdown(
     storage: str,
     seams: Sequence[SeamPicture] = (),
     extra: Sequence[str] = (),
+    notes: Sequence[str] = (),
 ) -> str:
-    """The summary's markdown (see the module documentation)."""
+    """The summary's markdown (see the module documentation). ``notes``: more lines of its list (what the process
+    learned of the account's limit)."""
     sums = result.totals
     lines = [f"# {title}: {sums.stored} of {_plural(sums.clips, 'clip')} stored", ""]
     failed = result.failed
@@ -282,6 +284,7 @@ def summary_markdown(
             f"{_plural(sums.resumed, 'resumed job')} (not paid again)"
         )
     lines.append(f"- storage: {escape(storage)}")
+    lines += [f"- {escape(note)}" for note in notes]
     if result.final is not None:
         lines.append(f"- final video: {_where(result.final)}")
     lines += [
@@ -361,8 +364,12 @@ async def publish_run_artifacts(
     base = artifact_base(flow)
     summary_key = f"{base}-summary"
     description = f"{title} {result.run_key}: {result.describe()}"
+    from kling_prefect.concurrency import account_reports
+
+    # What the CLI and the run log say of an account that refused creates for its concurrency, in the UI too.
+    notes = [report.describe() for report in account_reports()]
     await acreate_markdown_artifact(
-        summary_markdown(title, result, storage, seams, extra), key=summary_key, description=description
+        summary_markdown(title, result, storage, seams, extra, notes), key=summary_key, description=description
     )
     await acreate_table_artifact(
         table_rows(result),
