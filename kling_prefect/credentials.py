@@ -111,8 +111,9 @@ class ShortAPICredentials(CredentialsBlock):
         retry_attempts: attempts of a query or download on 429, 5xx, malformed bodies, resets and timeouts.
         retry_base_delay / retry_max_delay: capped exponential backoff with full jitter between attempts.
         max_retry_after: the longest ``Retry-After`` honoured, in seconds.
-        callback_url: where the vendor can reach this process's callback listener (``{port}``: the port
-            bound); unset, waits only poll. See :mod:`kling_prefect.callbacks`.
+        callback_url: where the vendor calls back: this process's callback listener (``{port}``: the port
+            bound), a relay or a Prefect Cloud webhook (``callback_mode``); unset, waits only poll. See
+            :mod:`kling_prefect.callbacks`.
         callback_listen: ``host:port`` the listener binds (``127.0.0.1:0``: loopback, any free port).
         callback_mode: ``listen`` (this process listens for the callbacks itself), ``relay`` (``callback_url``
             is a relay's, ``kling-prefect callbacks serve``: this process hears the callbacks on Prefect's event
@@ -156,7 +157,8 @@ class ShortAPICredentials(CredentialsBlock):
     )
     callback_url: str | None = Field(
         default=None,
-        description="Public base URL of this process's callback listener ({port}: the bound port); unset: poll only.",
+        description="Public URL the vendor calls back: this process's listener ({port}: the bound port), a relay's "
+        "or a Prefect Cloud webhook's (see callback_mode); unset: poll only.",
     )
     callback_listen: str = Field(default="127.0.0.1:0", description="host:port the callback listener binds.")
     callback_mode: str = Field(
