@@ -379,6 +379,19 @@ async def wait_all(
         )
 
 
+async def each_wait_woken_once(callbacks: StreamCallbacks, emulator: Any, options: dict, jobs: int) -> list:
+    """``jobs`` jobs, each wait woken by its callback: one query a job, every callback confirmed."""
+    # A 30 s fallback: a wait whose callback was not heard would time out (20 s), not pass slowly.
+    done = await wait_all(callbacks, emulator, options, jobs, callback_fallback=30.0)
+    assert all(job.state == "succeeded" for job in done)
+    stats = emulator.stats()
+    assert stats.callbacks_sent == jobs and stats.callbacks_failed == 0
+    assert stats.queries == jobs  # one query a job: the one its callback triggered
+    counts = callbacks.stats()
+    assert counts["confirmed"] == jobs and counts["missed"] == 0 and counts["outstanding"] == 0
+    return done
+
+
 async def test_a_relay_process_wakes_each_wait_through_the_event_stream(
     prefect_server, emulator, fast_client_options
 ) -> None:
@@ -387,14 +400,7 @@ async def test_a_relay_process_wakes_each_wait_through_the_event_stream(
         callbacks = StreamCallbacks(f"http://127.0.0.1:{port}/hooks/kling", stale_after=5).start()
         try:
             assert await asyncio.to_thread(wait_until_live, callbacks, 30)
-            # A 30 s fallback: a wait whose callback was not heard would time out (20 s), not pass slowly.
-            jobs = await wait_all(callbacks, emulator, fast_client_options, 12, callback_fallback=30.0)
-            assert all(job.state == "succeeded" for job in jobs)
-            stats = emulator.stats()
-            assert stats.callbacks_sent == 12 and stats.callbacks_failed == 0
-            assert stats.queries == 12  # one query a job: the one its callback triggered
-            counts = callbacks.stats()
-            assert counts["confirmed"] == 12 and counts["missed"] == 0 and counts["outstanding"] == 0
+            jobs = await each_wait_woken_once(callbacks, emulator, fast_client_options, 12)
 
             # Forged: a token of the right shape nobody issued, and an oversized body. Nothing wakes.
             doorbell, url = Doorbell(), callbacks.new_url()

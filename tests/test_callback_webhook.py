@@ -28,7 +28,7 @@ from kling_prefect.callback_webhook import WEBHOOK_TEMPLATE, WebhookCallbacks
 from kling_prefect.callbacks import CALLBACK_MODES, callback_receiver
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.waiting import Doorbell
-from tests.test_callback_relay import Event, FakeStream, free_port, until, wait_all
+from tests.test_callback_relay import Event, FakeStream, each_wait_woken_once, free_port, until
 
 WEBHOOK_URL = "https://api.prefect.cloud/hooks/AERylZ_uewzpDx-8fcweHQ"
 
@@ -219,14 +219,8 @@ async def test_the_emulators_callbacks_through_the_template_wake_each_wait_once(
         assert isinstance(callbacks, WebhookCallbacks)
         try:
             assert await asyncio.to_thread(until, lambda: callbacks.live, 30)
-            # A 30 s fallback: a wait whose callback was not heard would time out (20 s), not pass slowly.
-            jobs = await wait_all(callbacks, emulator, fast_client_options, 12, callback_fallback=30.0)
-            assert all(job.state == "succeeded" for job in jobs)
-            stats = emulator.stats()
-            assert stats.callbacks_sent == 12 and webhook.requests == 12
-            assert stats.queries == 12  # one query a job: the one its callback triggered
-            counts = callbacks.stats()
-            assert counts["confirmed"] == 12 and counts["missed"] == 0 and counts["outstanding"] == 0
+            await each_wait_woken_once(callbacks, emulator, fast_client_options, 12)
+            assert webhook.requests == 12  # every callback went through the template
 
             # Forged: a POST naming a job nobody here waits for, and one naming nothing. No query follows.
             async with httpx.AsyncClient() as http:
