@@ -282,8 +282,12 @@ async def test_two_joins_at_once_take_turns_and_write_the_final_video_once(emula
     import logging
 
     lines: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Lines()
     logger = logging.getLogger("prefect.task_runs")
     logger.addHandler(handler)
     try:
