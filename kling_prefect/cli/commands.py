@@ -336,7 +336,7 @@ def estimate(args: argparse.Namespace) -> int:
             context = Context(rename=storyboard_namer)
             plan = storyboard_plan(args)[0]
         elif args.file:
-            items = load_batch_items(file=args.file, default_model=args.model, names=args.item_names)
+            items = load_batch_items(file=args.file, default_model=args.model)
             plan = Plan(clips=tuple(PlannedClip(i.step, _prompt(i.request), i.request) for i in items))
         elif is_image_to_video(args.model):
             plan = image_to_video_plan(args)
