@@ -284,7 +284,7 @@ def summary_markdown(
             f"{_plural(sums.resumed, 'resumed job')} (not paid again)"
         )
     lines.append(f"- storage: {escape(storage)}")
-    lines += [f"- {escape(note)}" for note in notes]
+    lines += [f"- account limit: {escape(note)}" for note in notes]
     if result.final is not None:
         lines.append(f"- final video: {_where(result.final)}")
     lines += [

@@ -408,4 +408,4 @@ def test_a_batch_wider_than_the_account_stores_every_clip_paying_each_once(prefe
             found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=key), limit=1)
             return str(found[0].data)
 
-    assert f"- {escape(told[0])}" in asyncio.run(summary())
+    assert f"- account limit: {escape(told[0])}" in asyncio.run(summary())
