@@ -33,6 +33,14 @@ Examples:
         from kling_prefect.callback_relay import relay_app
 
         app.mount("/hooks/kling", relay_app())
+
+    Inside a Prefect ``serve`` process (a thread of it)::
+
+        from prefect import serve
+        from kling_prefect.callback_relay import serve_in_thread
+
+        serve_in_thread("0.0.0.0", 8788)
+        serve(*deployments)
 """
 
 from __future__ import annotations
@@ -55,8 +63,10 @@ __all__ = [
     "PROBE_PATH",
     "TOKEN_PATTERN",
     "CallbackRelay",
+    "RelayInThread",
     "relay_app",
     "serve",
+    "serve_in_thread",
 ]
 
 CALLBACK_RECEIVED = "kling.callback.received"
@@ -335,6 +345,71 @@ def serve(
     finally:
         relay.stop_heartbeat()
         _flush_events()
+
+
+class RelayInThread:
+    """A relay served by uvicorn in a daemon thread of this process; see :func:`serve_in_thread`."""
+
+    def __init__(self, relay: CallbackRelay, host: str, port: int) -> None:
+        import uvicorn
+
+        self.relay = relay
+        self.host, self.port = host, port
+        config = uvicorn.Config(relay, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="kling-callback-relay", daemon=True)
+
+    def start(self, timeout: float = 20.0) -> RelayInThread:
+        """Start serving; ``RuntimeError`` if it is not listening within ``timeout`` seconds (port taken...)."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the callback relay could not listen on {self.host}:{self.port}")
+            time.sleep(0.02)
+        logger.info("relaying callbacks from %s:%d to Prefect's event stream", self.host, self.port)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (the heartbeat stops with the ASGI lifespan) and send the events still queued."""
+        self._server.should_exit = True
+        self._thread.join(timeout=timeout)
+        self.relay.stop_heartbeat()
+        _flush_events()
+
+    def __enter__(self) -> RelayInThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_in_thread(
+    host: str,
+    port: int,
+    *,
+    relay: CallbackRelay | None = None,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    max_per_second: float = MAX_CALLBACKS_PER_SECOND,
+) -> RelayInThread:
+    """Serve a relay on ``host:port`` from a daemon thread of this process (a Prefect ``serve`` process, a
+    worker's own) until :meth:`RelayInThread.stop` or the process ends; returns it started.
+
+    Args:
+        host, port: the address to bind (behind the public URL the vendor calls).
+        relay: the application to serve (default: a new :class:`CallbackRelay` with the options below).
+        heartbeat_seconds, max_per_second: as for :class:`CallbackRelay`.
+
+    Examples:
+        ```python
+        from kling_prefect.callback_relay import serve_in_thread
+
+        with serve_in_thread("127.0.0.1", 8788) as running:
+            ...  # callbacks to http://127.0.0.1:8788/<token> become Prefect events meanwhile
+        ```
+    """
+    app = relay or CallbackRelay(heartbeat_seconds=heartbeat_seconds, max_per_second=max_per_second)
+    return RelayInThread(app, host, port).start()
 
 
 def _flush_events() -> None:

@@ -150,6 +150,30 @@ async def test_other_methods_are_refused(relay) -> None:
     assert published == []
 
 
+def test_a_relay_served_from_a_thread_of_this_process(caplog) -> None:
+    """The entry point for a Prefect ``serve`` process: the relay over real HTTP, its heartbeat on its lifespan."""
+    from kling_prefect.callback_relay import serve_in_thread
+
+    caplog.set_level(logging.INFO, logger="kling_prefect.callback_relay")
+    published = Published()
+    port = free_port()
+    with serve_in_thread("127.0.0.1", port, relay=CallbackRelay(published, heartbeat_seconds=0.1)):
+        ours = token()
+        answer = httpx.post(f"http://127.0.0.1:{port}/hooks/kling/{ours}", json={"job_id": "j-1"}, timeout=10)
+        assert answer.status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        assert until(lambda: [p[0] for p in published].count(CALLBACK_HEARTBEAT) >= 2)
+    assert (CALLBACK_RECEIVED, {"prefect.resource.id": f"kling.callback.{ours}", "kling.callback.token": ours}) in [
+        (event, resource) for event, resource, _, _ in published
+    ]
+    beats = len(published)
+    time.sleep(0.3)
+    assert len(published) == beats  # stopped: no more heartbeats
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    assert f"POST /hooks/kling/{ours[:4]}... 200 published" in caplog.text  # one line a request, token cut
+
+
 # --------------------------------------------------------------------------------------------- a stream, faked
 
 
