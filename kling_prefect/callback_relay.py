@@ -393,7 +393,9 @@ def serve_in_thread(
     max_per_second: float = MAX_CALLBACKS_PER_SECOND,
 ) -> RelayInThread:
     """Serve a relay on ``host:port`` from a daemon thread of this process (a Prefect ``serve`` process, a
-    worker's own) until :meth:`RelayInThread.stop` or the process ends; returns it started.
+    worker's own) until :meth:`RelayInThread.stop` or the process ends; returns it started. Its one line a
+    request goes to the ``kling_prefect.callback_relay`` logger at INFO: the process's logging configuration
+    decides where (``logging.basicConfig(level=logging.INFO)`` shows them on stderr).
 
     Args:
         host, port: the address to bind (behind the public URL the vendor calls).
