@@ -11,8 +11,9 @@ resource is ``kling.callback.<token>``; a job id the body claims is only a relat
 role ``claimed-job``), never used to wake anything. What a request can do is bounded:
 
 - only ``POST`` (or ``PUT``) to a last path segment of the token's shape (22 URL-safe characters) publishes;
-- a body over :data:`MAX_BODY` bytes is refused (413) unread, a content type other than JSON (or none) with
-  415, a JSON body that does not parse with 400: nothing published;
+- a body over :data:`MAX_BODY` bytes is refused (413) unread, a content type other than JSON, a form, plain
+  text or none (:data:`CONTENT_TYPES`) with 415, a body taken for JSON that does not parse with 400: nothing
+  published;
 - past ``max_per_second`` callbacks a second (a burst of twice that) the rest are answered 429 with
   ``Retry-After``, unread and unpublished: a flood cannot swamp the Prefect API or the workers' streams, and a
   job whose callback was refused is found by its wait's polls;
@@ -53,6 +54,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 __all__ = [
     "CALLBACK_HEARTBEAT",
@@ -76,6 +78,8 @@ PROBE_PATH = "kling-callback-probe"
 PROBE_ANSWER = {"kling_callback_relay": 1}
 #: Largest body accepted (bytes): the vendor's callback is a small JSON object.
 MAX_BODY = 16 * 1024
+#: Content types accepted (the vendor does not document its callback's): JSON, none, a form or plain text.
+CONTENT_TYPES = ("", "application/json", "application/x-www-form-urlencoded", "text/plain")
 #: A token as :func:`secrets.token_urlsafe(16) <secrets.token_urlsafe>` makes it.
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 #: A job id the body may claim, kept as a related resource only when it has this shape.
@@ -225,17 +229,20 @@ class CallbackRelay:
         if length_text is not None and (not length_text.isdigit() or int(length_text) > MAX_BODY):
             return self._refuse(413, "body too large")  # refused unread
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if content_type not in ("", "application/json"):
+        if content_type not in CONTENT_TYPES:
             return self._refuse(415, "content type")
         body = await _read_body(receive, MAX_BODY)
         if body is None:
             return self._refuse(413, "body too large")
         claimed = None
-        if body.strip():
+        if content_type == "application/x-www-form-urlencoded":
+            claimed = _claimed_job_id(dict(parse_qsl(body.decode("utf-8", "replace"))))
+        elif body.strip():
             try:
                 claimed = _claimed_job_id(json.loads(body))
             except ValueError:
-                return self._refuse(400, "body is not JSON")
+                if content_type != "text/plain":  # declared (or taken for) JSON, and it is not
+                    return self._refuse(400, "body is not JSON")
         resource = {"prefect.resource.id": f"kling.callback.{last}", "kling.callback.token": last}
         related = []
         if claimed is not None:

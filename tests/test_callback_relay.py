@@ -82,6 +82,19 @@ async def test_a_callback_is_published_with_its_token_as_the_resource(relay) -> 
     assert [p[2] for p in published[1:]] == [[], []]
 
 
+async def test_a_form_or_plain_text_callback_is_published_too(relay) -> None:
+    """The vendor documents no callback format: the common ones are taken; only JSON's claimed id is read."""
+    _, published, client = relay
+    form = {"content": b"job_id=job-9&status=2", "headers": {"content-type": "application/x-www-form-urlencoded"}}
+    assert (await client.post(f"/hooks/kling/{token()}", **form)).status_code == 200
+    text = {"content": b"job job-9 done", "headers": {"content-type": "text/plain; charset=utf-8"}}
+    assert (await client.post(f"/hooks/kling/{token()}", **text)).status_code == 200
+    assert [p[2] for p in published] == [
+        [{"prefect.resource.id": "kling.job.job-9", "prefect.resource.role": "claimed-job"}],
+        [],
+    ]
+
+
 async def test_probe_and_health_answer_without_publishing(relay) -> None:
     app, published, client = relay
     probe = await client.get(f"/hooks/kling/{PROBE_PATH}")
