@@ -88,7 +88,9 @@ class StreamCallbacks(CallbackReceiver):
         subscriber: Any = None,
     ) -> None:
         if "{port}" in public_url:
-            raise ValueError("callback_url: a relay's URL has no {port} (that is for a listener of this process)")
+            raise ValueError(
+                "callback_url: a relay's or a webhook's URL has no {port} (that is for a listener of this process)"
+            )
         super().__init__(public_url, "127.0.0.1:0", self_test=probe)
         self.stale_after = stale_after
         # stale_after, or 3 beats of a relay that says it beats slower; None: quiet is normal (no heartbeats)

@@ -162,6 +162,8 @@ def test_the_webhook_url_is_not_shown_whole_and_the_mode_is_chosen_by_a_setting(
     assert "webhook" in CALLBACK_MODES
     env = {"SHORTAPI_KEY": "sk-x", "SHORTAPI_CALLBACK_URL": WEBHOOK_URL, "SHORTAPI_CALLBACK_MODE": "webhook"}
     assert ShortAPICredentials.from_env(env).callback_mode == "webhook"
+    assert callback_receiver("https://hooks.example/k-{port}", mode="webhook") is None  # a port has no place here
+    assert "a relay's or a webhook's URL has no {port}" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------- the whole path
