@@ -16,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -234,3 +235,46 @@ async def test_the_emulators_callbacks_through_the_template_wake_each_wait_once(
             assert emulator.stats().queries == 12 and callbacks.stats()["received"] == 12
         finally:
             callbacks.close()
+
+
+async def test_a_users_flow_hears_its_jobs_through_the_webhook(
+    prefect_server, vendor_env, monkeypatch, tmp_path
+) -> None:
+    """The reusable tasks in a user's own flow, configured by the environment only (webhook mode)."""
+    from prefect import flow
+
+    from kling_prefect import StorageSpec
+    from kling_prefect.models import KlingO3TextToVideo
+    from kling_prefect.tasks import generate_video
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/hooks/flow-webhook"
+    monkeypatch.setenv("SHORTAPI_CALLBACK_URL", url)
+    monkeypatch.setenv("SHORTAPI_CALLBACK_MODE", "webhook")
+
+    storage = StorageSpec(directory=str(tmp_path))
+
+    @flow
+    async def my_clips() -> list[str]:
+        requests = [KlingO3TextToVideo(prompt=f"A harbour at dusk {i}", duration=3, mode="std") for i in range(3)]
+        clips = await asyncio.gather(
+            *(
+                generate_video(r, run_key="webhook-flow", step=f"clip-{i}", storage=storage, timeout=60)
+                for i, r in enumerate(requests)
+            )
+        )
+        return [str(clip.local_path) for clip in clips]
+
+    with webhook_stand_in(port) as webhook:
+        paths = await my_clips()
+        receiver = callback_receiver(url, mode="webhook")
+        try:
+            assert isinstance(receiver, WebhookCallbacks)
+            assert len(paths) == 3 and all(Path(p).stat().st_size > 0 for p in paths)
+            stats = vendor_env.stats()
+            assert webhook.requests == 3 and {job.callback_url for job in stats.jobs.values()} == {url}
+            # Each wait was woken by its job's callback: heard before its job was seen ended, none missed.
+            counts = receiver.stats()
+            assert counts["confirmed"] == 3 and counts["missed"] == 0
+        finally:
+            receiver.close()
