@@ -398,14 +398,17 @@ def test_a_batch_wider_than_the_account_stores_every_clip_paying_each_once(prefe
     assert "--max-concurrency 2" in told[0] and "--jobs-limit kling-jobs-in-flight" in told[0]
     assert lines[-1].startswith("6 stored, 0 failed") and lines[-2] == told[0]  # just before the summary line
     # The run's summary artifact in the UI says it too.
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from kling_prefect.artifacts import escape
 
-    async def summary() -> str:
+    async def summary() -> str:  # this run's (every batch run writes a summary under the same key)
         async with get_client() as client:
-            key = ArtifactFilterKey(any_=[result["summary_artifact"]])
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=key), limit=1)
-            return str(found[0].data)
+            artifacts = ArtifactFilter(
+                key=ArtifactFilterKey(any_=[result["summary_artifact"]]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[result["flow_run_id"]]),
+            )
+            (found,) = await client.read_artifacts(artifact_filter=artifacts)
+            return str(found.data)
 
     assert f"- account limit: {escape(told[0])}" in asyncio.run(summary())
