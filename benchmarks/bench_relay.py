@@ -17,6 +17,7 @@ Examples:
     ./dev python benchmarks/bench_relay.py                          # 2 workers, 40 jobs of 20 s +- 30%
     ./dev python benchmarks/bench_relay.py --kill-relay-after 10    # the relay dies halfway
     ./dev python benchmarks/bench_relay.py --jobs 200               # 200 jobs through one relay
+    ./dev python benchmarks/bench_relay.py --via webhook            # a Prefect Cloud webhook's stand-in instead
     ```
 """
 
@@ -71,6 +72,30 @@ asyncio.run(main(int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]))
 """
 
 
+#: The tests' stand-in for a Prefect Cloud webhook (tests/test_callback_webhook.py), serving until killed.
+STAND_IN = """
+import sys, time
+from tests.test_callback_webhook import webhook_stand_in
+
+with webhook_stand_in(int(sys.argv[1])):
+    print("ready", flush=True)
+    time.sleep(10**6)
+"""
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for_health(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the relay did not start; see {log}") from None
+            time.sleep(0.2)
+
+
 def rss_mb(pid: int) -> float:
     """Peak RSS (VmHWM) of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -86,6 +111,13 @@ def main() -> None:
     parser.add_argument("--job-seconds", type=float, default=20.0)
     parser.add_argument("--jitter", type=float, default=0.3, help="each job: job-seconds x uniform(1 +- jitter)")
     parser.add_argument("--kill-relay-after", type=float, default=None, metavar="S")
+    parser.add_argument(
+        "--via",
+        choices=["relay", "webhook"],
+        default="relay",
+        help="relay: kling-prefect callbacks serve; webhook: the tests' stand-in for a Prefect Cloud webhook "
+        "(WEBHOOK_TEMPLATE rendered as Prefect Cloud documents it), workers in webhook mode",
+    )
     args = parser.parse_args()
 
     from kling_prefect.emulator import Emulator
@@ -102,25 +134,30 @@ def main() -> None:
     ):
         port = free_port()
         env = {**os.environ, **server.env(), "PREFECT_API_URL": server.url}
-        relay_cmd = [sys.executable, "-c", "import sys; from kling_prefect.cli import main; sys.exit(main())"]
-        relay_cmd += ["callbacks", "serve", "--listen", f"127.0.0.1:{port}"]
-        relay = subprocess.Popen(relay_cmd, env=env, stderr=open(workdir / "relay.log", "wb"))
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or relay.poll() is not None:
-                    raise RuntimeError(f"the relay did not start; see {workdir / 'relay.log'}") from None
-                time.sleep(0.2)
+        if args.via == "webhook":
+            relay = subprocess.Popen(
+                [sys.executable, "-c", STAND_IN, str(port)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=open(workdir / "relay.log", "wb"),
+            )
+            if relay.stdout is None or relay.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"the webhook stand-in did not start; see {workdir / 'relay.log'}")
+            callback_url = f"http://127.0.0.1:{port}/hooks/AERylZ_uewzpDx-8fcweHQ"
+        else:
+            relay_cmd = [sys.executable, "-c", "import sys; from kling_prefect.cli import main; sys.exit(main())"]
+            relay_cmd += ["callbacks", "serve", "--listen", f"127.0.0.1:{port}"]
+            relay = subprocess.Popen(relay_cmd, env=env, stderr=open(workdir / "relay.log", "wb"))
+            wait_for_health(f"http://127.0.0.1:{port}/healthz", relay, workdir / "relay.log")
+            callback_url = f"http://127.0.0.1:{port}/hooks/kling"
         worker_env = {
             **env,
             "PREFECT_HOME": str(workdir / "worker-home"),
             "SHORTAPI_KEY": API_KEY,
             "SHORTAPI_BASE_URL": emu.base_url,
-            "SHORTAPI_CALLBACK_URL": f"http://127.0.0.1:{port}/hooks/kling",
-            "SHORTAPI_CALLBACK_MODE": "relay",
+            "SHORTAPI_CALLBACK_URL": callback_url,
+            "SHORTAPI_CALLBACK_MODE": args.via,
             "KLING_PREFECT_DURATIONS": "off",
         }
         start_at = time.time() + 20  # the workers import Prefect and subscribe first
@@ -155,6 +192,7 @@ def main() -> None:
     delays = [job.first_terminal_seen_at - job.done_at for job in jobs if job.first_terminal_seen_at is not None]
     succeeded = sum(len(report["jobs"]) for report in reports)
     row = {
+        "via": args.via,
         "workers": args.workers,
         "jobs": len(jobs),
         "killed_relay_after_s": args.kill_relay_after,
