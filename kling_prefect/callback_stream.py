@@ -115,11 +115,6 @@ class StreamCallbacks(CallbackReceiver):
         return self._public_template
 
     @property
-    def shown_url(self) -> str:
-        """``public_url`` as logs show it."""
-        return self.public_url
-
-    @property
     def trusted(self) -> bool:
         """Whether waits may rely on callbacks now: not demoted by misses, and the stream live."""
         return self._trusted and self._live

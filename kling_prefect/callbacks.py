@@ -134,6 +134,11 @@ class CallbackReceiver:
         return self._public_template.replace("{port}", str(self.port))
 
     @property
+    def shown_url(self) -> str:
+        """``public_url`` as logs show it (a receiver whose URL is a secret shows only its start)."""
+        return self.public_url
+
+    @property
     def trusted(self) -> bool:
         """Whether waits may rely on callbacks and poll only as a fallback."""
         return self._trusted

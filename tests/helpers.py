@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -233,6 +235,24 @@ def serving(handle: Callable[[str, BaseHTTPRequestHandler], None]) -> Iterator[L
     """A fixture body: the server for the test, closed after it."""
     with LoopbackServer(handle) as server:
         yield server
+
+
+@contextmanager
+def captured_lines(logger_name: str) -> Iterator[list[str]]:
+    """The messages logged to ``logger_name`` (``prefect.task_runs``: every task run's log) while in the block,
+    whether or not the logger propagates to the root."""
+    lines: list[str] = []
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler, logger = Lines(), logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -29,6 +29,7 @@ from kling_prefect.callback_webhook import WEBHOOK_TEMPLATE, WebhookCallbacks
 from kling_prefect.callbacks import CALLBACK_MODES, callback_receiver
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.waiting import Doorbell
+from tests.helpers import captured_lines
 from tests.test_callback_relay import Event, FakeStream, each_wait_woken_once, free_port, until
 
 WEBHOOK_URL = "https://api.prefect.cloud/hooks/AERylZ_uewzpDx-8fcweHQ"
@@ -265,16 +266,19 @@ async def test_a_users_flow_hears_its_jobs_through_the_webhook(
         )
         return [str(clip.local_path) for clip in clips]
 
-    with webhook_stand_in(port) as webhook:
+    with captured_lines("prefect.task_runs") as lines, webhook_stand_in(port) as webhook:
         paths = await my_clips()
-        receiver = callback_receiver(url, mode="webhook")
-        try:
-            assert isinstance(receiver, WebhookCallbacks)
-            assert len(paths) == 3 and all(Path(p).stat().st_size > 0 for p in paths)
-            stats = vendor_env.stats()
-            assert webhook.requests == 3 and {job.callback_url for job in stats.jobs.values()} == {url}
-            # Each wait was woken by its job's callback: heard before its job was seen ended, none missed.
-            counts = receiver.stats()
-            assert counts["confirmed"] == 3 and counts["missed"] == 0
-        finally:
-            receiver.close()
+    # The run log says how callbacks are heard, and shows the webhook's URL only by its start.
+    said = f"hearing the vendor's callbacks to http://127.0.0.1:{port}/hooks/flow... on Prefect's event stream"
+    assert said in lines and not any(url in line for line in lines)
+    receiver = callback_receiver(url, mode="webhook")
+    try:
+        assert isinstance(receiver, WebhookCallbacks)
+        assert len(paths) == 3 and all(Path(p).stat().st_size > 0 for p in paths)
+        stats = vendor_env.stats()
+        assert webhook.requests == 3 and {job.callback_url for job in stats.jobs.values()} == {url}
+        # Each wait was woken by its job's callback: heard before its job was seen ended, none missed.
+        counts = receiver.stats()
+        assert counts["confirmed"] == 3 and counts["missed"] == 0
+    finally:
+        receiver.close()

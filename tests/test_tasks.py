@@ -15,7 +15,7 @@ from prefect import flow
 from kling_prefect import JobMayHaveBeenCreated, KlingO3TextToVideo, StorageSpec, media
 from kling_prefect.tasks import generate_video, kling_o3_text_to_video
 
-from .helpers import creates_by_prompt
+from .helpers import captured_lines, creates_by_prompt
 
 pytestmark = [pytest.mark.usefixtures("prefect_server", "vendor_env"), pytest.mark.slow]
 
@@ -279,21 +279,8 @@ async def two_joins_at_once(out: str) -> list[str]:
 
 
 async def test_two_joins_at_once_take_turns_and_write_the_final_video_once(emulator, tmp_path) -> None:
-    import logging
-
-    lines: list[str] = []
-
-    class Lines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Lines()
-    logger = logging.getLogger("prefect.task_runs")
-    logger.addHandler(handler)
-    try:
+    with captured_lines("prefect.task_runs") as lines:
         uris = await two_joins_at_once(str(tmp_path))
-    finally:
-        logger.removeHandler(handler)
     assert uris[0] == uris[1] and uris[0].endswith("final.mp4")
     # Under the store lease the second join waits, then finds the first one's video: it joins nothing.
     assert sum("joined 2 clips into" in line for line in lines) == 1

@@ -62,8 +62,8 @@ async def _callback_receiver(credentials: ShortAPICredentials) -> CallbackReceiv
         logger = get_run_logger()
         if receiver is None:
             logger.warning("callbacks are off in this process (the listener or relay did not answer); polling only")
-        elif credentials.callback_mode == "relay":
-            logger.info("hearing the vendor's callbacks to %s on Prefect's event stream", receiver.public_url)
-        else:
-            logger.info("listening for the vendor's callbacks at %s", receiver.public_url)
+        elif credentials.callback_mode == "listen":
+            logger.info("listening for the vendor's callbacks at %s", receiver.shown_url)
+        else:  # a relay or a webhook: heard on the event stream (a webhook's URL shown only by its start)
+            logger.info("hearing the vendor's callbacks to %s on Prefect's event stream", receiver.shown_url)
     return receiver
