@@ -37,18 +37,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: the tests' helpers
+
+from tests.helpers import max_in_window  # the count the query-rate tests assert on
+
 API_KEY = "bench-key-0123456789"
 PROMPT = "A paper boat drifts down a rain gutter"
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    """The most of ``times`` (seconds) in any half-open window ``[t, t + window)``."""
-    ordered, most, start = sorted(times), 0, 0
-    for end, at in enumerate(ordered):
-        while at - ordered[start] >= window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -39,10 +39,10 @@ from kling_prefect.callbacks import callback_receiver
 from kling_prefect.client import PollPolicy, ShortAPIClient
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.models import KlingO3TextToVideo
-from kling_prefect.waiting import Doorbell, DurationModel, JobKind
+from kling_prefect.waiting import Doorbell, DurationModel
+from tests.test_callbacks import wait
 
 REQUEST = KlingO3TextToVideo(prompt="A lantern on a jetty", duration=3, mode="std")
-KIND = JobKind.of(REQUEST)
 
 
 def token() -> str:
@@ -401,19 +401,7 @@ async def wait_all(
     async with ShortAPIClient(base_url=emulator.base_url, callbacks=callbacks, **settings) as client:
         durations = DurationModel()
         created = await asyncio.gather(*(client.create_job(REQUEST) for _ in range(jobs)))
-        return await asyncio.gather(
-            *(
-                client.wait_for_job(
-                    c.job_id,
-                    timeout=timeout,
-                    started_at=c.created_at,
-                    kind=KIND,
-                    durations=durations,
-                    callback_url=c.callback_url,
-                )
-                for c in created
-            )
-        )
+        return await asyncio.gather(*(wait(client, c, durations, timeout) for c in created))
 
 
 async def each_wait_woken_once(callbacks: StreamCallbacks, emulator: Any, options: dict, jobs: int) -> list:
