@@ -243,7 +243,7 @@ class ShortAPICredentials(CredentialsBlock):
                     check(text)
                 except ValueError as exc:  # "callback_url: why" -> "SHORTAPI_CALLBACK_URL: why"
                     raise ValueError(f"{variable}: {str(exc).split(': ', 1)[-1]}") from None
-                settings[name] = check(text) if check is check_mode else text
+                settings[name] = text  # the field's validator normalizes it (callback_mode: lower case)
         for variable, (name, kind) in ENV_SETTINGS.items():
             text = env.get(variable, "").strip()
             if not text:
