@@ -40,6 +40,7 @@ from kling_prefect.client import PollPolicy, ShortAPIClient
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.models import KlingO3TextToVideo
 from kling_prefect.waiting import Doorbell, DurationModel
+from tests.deploy_helpers import free_port
 from tests.test_callbacks import wait
 
 REQUEST = KlingO3TextToVideo(prompt="A lantern on a jetty", duration=3, mode="std")
@@ -354,12 +355,6 @@ def test_the_serve_command_checks_its_input(capsys) -> None:
 
 
 # --------------------------------------------------------------------------------------------- real processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

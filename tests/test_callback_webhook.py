@@ -29,8 +29,9 @@ from kling_prefect.callback_webhook import WEBHOOK_TEMPLATE, WebhookCallbacks
 from kling_prefect.callbacks import CALLBACK_MODES, callback_receiver
 from kling_prefect.credentials import ShortAPICredentials
 from kling_prefect.waiting import Doorbell
+from tests.deploy_helpers import free_port
 from tests.helpers import captured_lines
-from tests.test_callback_relay import Event, FakeStream, each_wait_woken_once, free_port, until
+from tests.test_callback_relay import Event, FakeStream, each_wait_woken_once, until
 
 WEBHOOK_URL = "https://api.prefect.cloud/hooks/AERylZ_uewzpDx-8fcweHQ"
 

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,17 +25,10 @@ from kling_prefect.exceptions import LeaseUnavailable
 from kling_prefect.leases import step_lease
 
 from .conftest import TEST_KEY
-from .deploy_helpers import redis_server
+from .deploy_helpers import free_port, redis_server
 from .helpers import wait_until
 
 RUNNER = Path(__file__).with_name("lease_run_flow.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +116,7 @@ async def test_a_file_lease_leaves_no_file_and_an_attempt_that_opened_the_remove
 
 
 async def test_an_unreachable_redis_raises_before_anything_is_sent(tmp_path: Path) -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     with pytest.raises(LeaseUnavailable, match="nothing was sent"):
         async with step_lease("kling-lease-test", lease_url=url, directory=tmp_path):
             pytest.fail("the body ran without a lease")
