@@ -264,23 +264,40 @@ def test_the_three_tasks_run_from_a_sync_flow_and_submit_works_too(vendor_env, t
 
 
 @flow
-async def two_joins_at_once(out: str) -> list[str]:
+async def two_joins_at_once(out: str, key: str) -> list[str]:
     """A user's flow joining the same clips twice at once (two retries racing, a copy-pasted call)."""
     from kling_prefect.flows import join_and_store
 
     storage = StorageSpec(directory=out)
     heron = KlingO3TextToVideo(prompt="A heron takes off", duration=3, mode="std")
     clips = [
-        await generate_video(REQUEST, run_key="joins-1", step="a", storage=storage, **FAST),
-        await generate_video(heron, run_key="joins-1", step="b", storage=storage, **FAST),
+        await generate_video(REQUEST, run_key=key, step="a", storage=storage, **FAST),
+        await generate_video(heron, run_key=key, step="b", storage=storage, **FAST),
     ]
-    finals = await asyncio.gather(*(join_and_store(clips, storage, "joins-1") for _ in range(2)))
+    finals = await asyncio.gather(*(join_and_store(clips, storage, key) for _ in range(2)))
     return [final.uri for final in finals]
 
 
-async def test_two_joins_at_once_take_turns_and_write_the_final_video_once(emulator, tmp_path) -> None:
+@flow
+def two_joins_at_once_sync(out: str, key: str) -> list[str]:
+    """The same from a sync flow: the two joins submitted, running at once in the task runner's threads."""
+    from kling_prefect.flows import join_and_store
+
+    storage = StorageSpec(directory=out)
+    heron = KlingO3TextToVideo(prompt="A heron takes off", duration=3, mode="std")
+    clips = [
+        generate_video(REQUEST, run_key=key, step="a", storage=storage, **FAST),
+        generate_video(heron, run_key=key, step="b", storage=storage, **FAST),
+    ]
+    futures = [join_and_store.submit(clips, storage, key) for _ in range(2)]
+    return [future.result().uri for future in futures]
+
+
+@pytest.mark.parametrize("user_flow", [two_joins_at_once, two_joins_at_once_sync], ids=["async", "sync"])
+async def test_two_joins_at_once_take_turns_and_write_the_final_video_once(emulator, tmp_path, user_flow) -> None:
     with captured_lines("prefect.task_runs") as lines:
-        uris = await two_joins_at_once(str(tmp_path))
+        key = f"joins-{user_flow.__name__}"  # a run key of its own: the other variant's jobs are not this emulator's
+        uris = await user_flow(str(tmp_path), key) if user_flow is two_joins_at_once else user_flow(str(tmp_path), key)
     assert uris[0] == uris[1] and uris[0].endswith("final.mp4")
     # Under the store lease the second join waits, then finds the first one's video: it joins nothing.
     assert sum("joined 2 clips into" in line for line in lines) == 1
